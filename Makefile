@@ -1,0 +1,60 @@
+# The commands the README names. Everything runs inside .venv, created on first use from pyproject.toml.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+KERNEL := audio-course
+STAMP  := $(VENV)/.installed
+LESSON0 := notebooks/00_audio_and_data.ipynb
+# Extra arguments for JupyterLab, e.g. make lab LAB_ARGS="--port=8890"
+LAB_ARGS ?=
+
+.PHONY: help install check lab lab-headless test lint exercises exercises-check grade course data clean
+
+help:
+	@echo "make lab           set up (first time) and open JupyterLab on lesson 00"
+	@echo "make lab-headless  the same for a server: no browser, listens on all interfaces"
+	@echo "make test          the whole test suite at quick size (what CI runs)"
+	@echo "make check         environment check: [OK]/[FAIL] per package"
+	@echo "make exercises     regenerate exercises/ from solutions/"
+	@echo "make grade SUB=path/to/notebook-or-folder [CSV=grades.csv]"
+	@echo "make course        run every lesson at default size, render HTML under build/, print timings"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python >= 3.10 is needed; found " + sys.version.split()[0])'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (audio course)"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+check: $(STAMP)
+	$(PY) -m course_lib.check
+
+lab: check
+	$(VENV)/bin/jupyter lab $(LAB_ARGS) $(LESSON0)
+
+lab-headless: check
+	$(VENV)/bin/jupyter lab --no-browser --ip=0.0.0.0 $(LAB_ARGS) $(LESSON0)
+
+test: $(STAMP)
+	COURSE_RUN_SIZE=quick $(PY) -m pytest tests notebooks solutions --nbval-lax --nbval-current-env --nbval-cell-timeout=600 --durations=15
+	$(VENV)/bin/ruff check .
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+exercises: $(STAMP)
+	$(PY) -m course_lib.exercises generate
+
+exercises-check: $(STAMP)
+	$(PY) -m course_lib.exercises generate --check
+
+grade: $(STAMP)
+	$(PY) -m course_lib.exercises grade $(SUB) $(if $(CSV),--csv $(CSV),)
+
+course: $(STAMP)
+	$(PY) -m course_lib.course_runner --out build
+
+clean:
+	rm -rf build runs .pytest_cache
