@@ -1,0 +1,175 @@
+"""Write captioned clips to disk in the Hugging Face "audiofolder" layout, and the course datasets with them.
+
+The layout (one folder per split, one JSON line per clip)::
+
+    out_dir/
+      course_dataset.json          # what made it: kind, sizes, clip length, rate, course_lib version
+      train/metadata.jsonl         # {"file_name": "train-000000.wav", "text": caption, "id": ..., "attributes": "{...}"}
+      train/train-000000.wav       # 16-bit PCM, mono
+      valid/...  test/...
+
+``datasets.load_dataset("audiofolder", data_dir=out_dir)`` sees the splits (``valid`` is reported as
+``validation``) and the ``text``/``id``/``attributes`` columns; ``attributes`` is one JSON *string* per row
+so that clips with different attribute keys share one schema. Decoding through datasets needs torchcodec;
+:func:`course_lib.data.loaders.load_captioned` reads the same folder without it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from course_lib.audio import save_audio
+from course_lib.data.clip import Clip
+from course_lib.data.loaders import SPLIT_ALIASES
+
+COURSE_KINDS = ("sound_events", "music")
+DEFAULT_SIZES = {"train": 1000, "valid": 100, "test": 100}
+METADATA_NAME = "metadata.jsonl"
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_SPLIT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def export_clips(clips: Iterable[Clip], out_dir: str | os.PathLike, split: str, *, overwrite: bool = False,
+                 progress: bool = False, total: int | None = None) -> Path:
+    """Write ``clips`` as ``out_dir/<split>/*.wav`` (16-bit PCM) plus ``out_dir/<split>/metadata.jsonl``.
+
+    Each clip (mono float32 ``(time,)`` in [-1, 1], any sample rate) becomes ``<id>.wav`` (the id made
+    filename-safe; ``<split>-<index>`` when the id is empty) and one metadata line with ``file_name``,
+    ``text`` (the caption), ``id`` and ``attributes`` (a JSON string; NumPy scalars and arrays become plain
+    numbers and lists, tuples become lists). Values beyond [-1, 1] are clipped with a warning (16-bit PCM
+    cannot hold them). Clips are consumed one at a time, so a generator of thousands is fine; the metadata
+    file appears only once every clip is written. A split folder that already holds a metadata file is an
+    error unless ``overwrite=True``, which first deletes its ``*.wav`` and ``metadata.*`` files. Raises
+    ``ValueError`` naming the clip for an empty, non-1-D or non-finite audio array, an empty caption,
+    attributes that are not JSON-serialisable, or two ids that map to the same file name.
+    Returns the split folder.
+    """
+    if not isinstance(split, str) or not _SPLIT_NAME.match(split):
+        raise ValueError(f"split must be a plain folder name such as 'train', 'valid' or 'test', got {split!r}")
+    if not any(split in group for group in SPLIT_ALIASES):
+        warnings.warn(f"split {split!r} is not a folder name Hugging Face datasets recognises as a split "
+                      f"({[name for group in SPLIT_ALIASES for name in group]}): load_captioned reads it, "
+                      "datasets.load_dataset('audiofolder') will not", UserWarning, stacklevel=2)
+    split_dir = Path(out_dir).expanduser() / split
+    _prepare_split_dir(split_dir, overwrite)
+    items: Iterable[Clip] = clips
+    if progress:
+        from tqdm.auto import tqdm
+
+        items = tqdm(clips, total=total, desc=f"{split_dir.parent.name}/{split}", unit="clip")
+    seen: dict[str, str] = {}
+    partial = split_dir / (METADATA_NAME + ".partial")
+    try:
+        with open(partial, "w", encoding="utf-8") as meta:
+            for index, clip in enumerate(items):
+                row = _write_clip(clip, index, split, split_dir, seen)
+                meta.write(json.dumps(row, ensure_ascii=False) + "\n")
+    except BaseException:
+        partial.unlink(missing_ok=True)  # no metadata: the half-written split is never mistaken for a whole one
+        raise
+    if not seen:
+        partial.unlink()
+        raise ValueError(f"export_clips got no clips for split {split!r}")
+    partial.replace(split_dir / METADATA_NAME)
+    return split_dir
+
+
+def _prepare_split_dir(split_dir: Path, overwrite: bool) -> None:
+    existing = [split_dir / name for name in ("metadata.jsonl", "metadata.csv", "metadata.parquet")]
+    if any(p.exists() for p in existing):
+        if not overwrite:
+            raise FileExistsError(f"{split_dir} already holds an exported split; pass overwrite=True "
+                                  "(or --overwrite) to replace it")
+        for path in [*existing, *split_dir.glob("*.wav")]:
+            path.unlink(missing_ok=True)
+    split_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _write_clip(clip: Clip, index: int, split: str, split_dir: Path, seen: dict[str, str]) -> dict[str, str]:
+    if not isinstance(clip, Clip):
+        raise TypeError(f"export_clips expects Clip objects; item {index} is a {type(clip).__name__}")
+    clip_id = clip.id or f"{split}-{index:06d}"
+    label = f"clip {index} (id {clip_id!r})"
+    audio = clip.audio.detach().cpu().numpy() if isinstance(clip.audio, torch.Tensor) else np.asarray(clip.audio)
+    if audio.ndim != 1:
+        raise ValueError(f"{label}: audio must be mono (time,), got shape {audio.shape}")
+    if audio.size == 0:
+        raise ValueError(f"{label}: audio has zero length")
+    if not np.issubdtype(audio.dtype, np.number) or not np.isfinite(audio).all():
+        raise ValueError(f"{label}: audio must be finite numbers (dtype {audio.dtype})")
+    if not isinstance(clip.caption, str) or not clip.caption.strip():
+        raise ValueError(f"{label}: caption is empty; every exported clip needs text")
+    try:
+        attributes = json.dumps(clip.attributes, sort_keys=True, default=_jsonable, ensure_ascii=False)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{label}: attributes are not JSON-serialisable: {err}") from err
+    file_name = _SAFE.sub("_", clip_id).strip("._") + ".wav"
+    if file_name in seen:
+        raise ValueError(f"{label}: file name {file_name} is already used by id {seen[file_name]!r}; ids must be "
+                         "unique (after replacing characters other than letters, digits, '.', '_', '-')")
+    seen[file_name] = clip_id
+    save_audio(split_dir / file_name, audio.astype(np.float32), int(clip.sample_rate))
+    return {"file_name": file_name, "text": clip.caption, "id": clip_id, "attributes": attributes}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} {value!r} is not JSON-serialisable")
+
+
+def course_generator(kind: str) -> Callable[..., Iterator[Clip]]:
+    """The ``generate_clips(split, n, clip_seconds, sample_rate, start)`` function of a course dataset.
+
+    ``kind`` is ``"sound_events"`` (:mod:`course_lib.data.sound_events`) or ``"music"``
+    (:mod:`course_lib.data.music`); the module is imported only when asked for.
+    """
+    if kind not in COURSE_KINDS:
+        raise ValueError(f"unknown course dataset kind {kind!r}; expected one of {COURSE_KINDS}")
+    module = importlib.import_module(f"course_lib.data.{kind}")
+    return module.generate_clips
+
+
+def export_course_dataset(kind: str, out_dir: str | os.PathLike, sizes: Mapping[str, int] | None = None,
+                          clip_seconds: float = 4.0, sample_rate: int = 16_000, *, overwrite: bool = False,
+                          progress: bool = False) -> Path:
+    """Generate a course dataset and export every split: ``out_dir/<split>/`` as in :func:`export_clips`.
+
+    ``sizes`` maps split name to number of clips (default ``{"train": 1000, "valid": 100, "test": 100}``);
+    clips are ``clip_seconds`` long at ``sample_rate`` Hz and addressed by (split, index), so the same
+    arguments always give the same files. Also writes ``out_dir/course_dataset.json`` recording kind, sizes,
+    clip length, rate and the course_lib version. ``progress`` shows one tqdm bar per split. Returns ``out_dir``.
+    """
+    from course_lib import __version__
+
+    sizes = dict(DEFAULT_SIZES if sizes is None else sizes)
+    for split, n in sizes.items():
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"size of split {split!r} must be a positive int, got {n!r}")
+    if not clip_seconds > 0:
+        raise ValueError(f"clip_seconds must be positive, got {clip_seconds!r}")
+    generate = course_generator(kind)
+    out = Path(out_dir).expanduser()
+    for split, n in sizes.items():
+        clips = generate(split, int(n), clip_seconds=clip_seconds, sample_rate=sample_rate, start=0)
+        export_clips(clips, out, split, overwrite=overwrite, progress=progress, total=int(n))
+    card = {"kind": kind, "sizes": {k: int(v) for k, v in sizes.items()}, "clip_seconds": clip_seconds,
+            "sample_rate": sample_rate, "course_lib_version": __version__}
+    (out / "course_dataset.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    return out

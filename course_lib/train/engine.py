@@ -1,0 +1,665 @@
+"""The one training engine every model family of the course is trained with.
+
+:class:`Trainer` runs the loop that is the same for every model: data (a ``DistributedSampler`` shard per
+process, resumable mid-epoch), AdamW with linear warmup and cosine/constant decay, gradient accumulation
+and clipping, autocast (bf16, or fp16 with a ``GradScaler``) on GPU and fp32 on CPU, an optional EMA of
+the weights, opt-in ``torch.compile``, DDP under ``torchrun``, atomic checkpoints with exact resume,
+tqdm/TensorBoard/JSONL logging, periodic evaluation with audio samples, and a final ``summary.json``.
+A :class:`~course_lib.train.families.Family` supplies only the model, its loss and its evaluation.
+
+Resume policy (``resume=``, or the command line's ``--resume`` / ``--no-resume``):
+
+* ``"auto"`` (default): if ``train.run_dir`` holds a checkpoint, continue from the newest one; else start;
+* ``"always"`` (``--resume``): continue, and fail if there is no checkpoint;
+* ``"never"`` (``--no-resume``): start fresh, and fail if the run directory already holds checkpoints
+  (the engine never overwrites or mixes runs; pick a new ``train.run_dir``).
+
+A checkpoint is continued only with the same family, the same ``model`` section and the same
+``data.sample_rate`` (else :class:`CheckpointError` names the differing keys); other changes (more
+``max_steps``, another LR, logging intervals) are allowed and listed in a warning, and the config in
+effect wins (the LR schedule follows the new config). Resume is exact: with the same config and world
+size, an interrupted-and-resumed run ends with bitwise the same weights as an uninterrupted one (CPU, same
+``num_threads``; on GPU set ``train.deterministic=true``). With ``data.num_workers`` > 0, datasets that draw
+random numbers in workers are reproducible only if they seed per item, as the course datasets do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from course_lib.train import checkpoint as ckpt
+from course_lib.train.config import OptimConfig, RunConfig, config_diff, config_to_dict
+from course_lib.train.data import EVAL_SPLIT, TRAIN_SPLIT, build_dataset, check_dataset, default_collate
+from course_lib.train.distributed import (
+    DistInfo,
+    ResumableDistributedSampler,
+    all_gather_object,
+    any_true,
+    barrier,
+    cleanup_distributed,
+    init_distributed,
+    mean_over_ranks,
+)
+from course_lib.train.errors import CheckpointError, ConfigError, NonFiniteLossError, TrainingError
+from course_lib.train.families import Family, get_family
+
+RESUME_MODES = ("auto", "always", "never")
+# Keys that must not change when a run is continued (anything under "model." too).
+_RESUME_LOCKED = ("data.sample_rate",)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Small pieces (each usable and tested on its own)
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LRSchedule:
+    """Multiplier of ``optim.lr`` after ``k`` optimizer steps (``LambdaLR``'s ``lr_lambda``).
+
+    Linear warmup ``(k + 1) / warmup_steps`` for ``k < warmup_steps``; then 1 (``constant``) or
+    ``min_ratio + (1 - min_ratio) * (1 + cos(pi * p)) / 2`` with ``p = (k - warmup) / (max_steps - warmup)``
+    clipped to [0, 1] (``cosine``).
+    """
+
+    warmup_steps: int
+    max_steps: int
+    schedule: str = "cosine"
+    min_ratio: float = 0.0
+
+    def __call__(self, k: int) -> float:
+        if self.warmup_steps > 0 and k < self.warmup_steps:
+            return (k + 1) / self.warmup_steps
+        if self.schedule == "constant":
+            return 1.0
+        span = max(1, self.max_steps - self.warmup_steps)
+        p = min(max((k - self.warmup_steps) / span, 0.0), 1.0)
+        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on parameters of 2+ dimensions only (group 0) and none on the rest (group 1)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise TrainingError("the model has no trainable parameters")
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
+
+
+@torch.no_grad()
+def ema_update(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
+    """``ema = decay * ema + (1 - decay) * param`` for every floating parameter; buffers are copied."""
+    for e, p in zip(ema_model.parameters(), model.parameters()):
+        e.lerp_(p.detach().to(e.dtype), 1.0 - decay)
+    for e, b in zip(ema_model.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """``train.precision`` for this device: ``auto`` → bf16 on a bf16-capable GPU, fp16 on other GPUs, fp32
+    elsewhere. fp16 needs CUDA (a ``GradScaler`` guards its gradients)."""
+    if requested == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    if requested == "fp16" and device.type != "cuda":
+        raise ConfigError(f"train.precision: fp16 needs a CUDA GPU (this run is on {device.type}); use fp32 or bf16")
+    return requested
+
+
+def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for bf16/fp16, a null context for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON object per line. On resume, lines after the resumed step are dropped, so
+    the file reads as if the run had never been interrupted."""
+
+    def __init__(self, path: Path, keep_up_to_step: int | None) -> None:
+        self.path = path
+        kept = []
+        if path.is_file() and keep_up_to_step is not None:
+            for line in path.read_text().splitlines():
+                with contextlib.suppress(json.JSONDecodeError):  # a line cut by a crash is dropped
+                    if json.loads(line).get("step", 0) <= keep_up_to_step:
+                        kept.append(line)
+        ckpt.atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+# --------------------------------------------------------------------------------------------------------
+# The trainer
+# --------------------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Train ``family`` with ``config``; :meth:`fit` runs to ``train.max_steps`` and returns the summary dict.
+
+    ``train_dataset``/``eval_dataset`` replace the datasets built from ``config.data`` (for notebooks and
+    tests); they are checked the same way (non-empty, right sample rate, items ``{"audio": (1, T), ...}``).
+    Run under ``torchrun`` and the same call trains with DDP; only rank 0 writes files.
+    """
+
+    def __init__(self, family: str | Family, config: RunConfig, *, resume: str = "auto",
+                 train_dataset: Dataset | None = None, eval_dataset: Dataset | None = None) -> None:
+        self.family = get_family(family) if isinstance(family, str) else family
+        if not isinstance(config, self.family.config_class):
+            raise ConfigError(f"config is a {type(config).__name__}, but family {self.family.name!r} needs a "
+                              f"{self.family.config_class.__name__}")
+        if resume not in RESUME_MODES:
+            raise ValueError(f"resume must be one of {RESUME_MODES}, got {resume!r}")
+        self.family.validate(config)
+        self.config = config
+        self.resume = resume
+        self.train_dataset = train_dataset
+        self.eval_dataset = eval_dataset
+        self.run_dir = Path(config.train.run_dir)
+
+    # ---- public ---------------------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, Any]:
+        """Train (or continue) to ``train.max_steps``; return the summary also written to ``summary.json``."""
+        prev_det = torch.are_deterministic_algorithms_enabled()
+        prev_threads = torch.get_num_threads()
+        info = init_distributed(self.config.train.device)
+        try:
+            return self._fit(info)
+        finally:
+            torch.use_deterministic_algorithms(prev_det)
+            torch.set_num_threads(prev_threads)
+            cleanup_distributed(info)
+
+    # ---- set-up ---------------------------------------------------------------------------------------
+
+    def _log(self, message: str) -> None:
+        if self.info.is_main:
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"[{self.family.name}] {message}", file=sys.stderr)
+
+    def _find_resume_point(self) -> Path | None:
+        latest = ckpt.latest_checkpoint(self.run_dir)
+        if latest is None:
+            if self.resume == "always":
+                raise CheckpointError(f"--resume: run_dir {self.run_dir} holds no checkpoint to resume from")
+            return None
+        if self.resume == "never":
+            raise CheckpointError(f"run_dir {self.run_dir} already holds checkpoints (latest: {latest.name}); "
+                                  f"continue it with --resume, or choose a new train.run_dir")
+        meta = ckpt.read_checkpoint_meta(latest)
+        if meta.get("family") != self.family.name:
+            raise CheckpointError(f"run_dir {self.run_dir} holds a checkpoint of family '{meta.get('family')}', "
+                                  f"not '{self.family.name}'")
+        new = config_to_dict(self.config)
+        changed = [k for k in config_diff(meta.get("config", {}), new) if k != "train.run_dir"]
+        locked = [k for k in changed if k.startswith("model.") or k in _RESUME_LOCKED]
+        if locked:
+            old = meta.get("config", {})
+            detail = ", ".join(f"{k} ({_lookup(old, k)!r} -> {_lookup(new, k)!r})" for k in locked)
+            raise CheckpointError(f"run_dir {self.run_dir} holds a checkpoint of an incompatible config: {detail}; "
+                                  f"use a new train.run_dir, or set these back to resume")
+        if changed:
+            warnings.warn(f"resuming {latest} with changed settings (the new values apply): {', '.join(changed)}",
+                          stacklevel=3)
+        return latest
+
+    def _build_data(self) -> None:
+        cfg, info = self.config, self.info
+        source = cfg.data.source
+        self.train_ds = self.train_dataset if self.train_dataset is not None else \
+            build_dataset(cfg.data, TRAIN_SPLIT, cfg.train.seed)
+        check_dataset(self.train_ds, cfg.data, TRAIN_SPLIT, source)
+        self.collate = default_collate(self.train_ds)
+        self.sampler = ResumableDistributedSampler(self.train_ds, num_replicas=info.world_size, rank=info.rank,
+                                                   shuffle=cfg.data.shuffle, seed=cfg.train.seed, drop_last=False)
+        self.batches_per_epoch = self.sampler.num_samples // cfg.data.batch_size
+        if self.batches_per_epoch == 0:
+            raise TrainingError(f"the train split has {len(self.train_ds)} clips: fewer than one batch of "
+                                f"data.batch_size={cfg.data.batch_size} per process (world size "
+                                f"{info.world_size}); lower data.batch_size or add data")
+        self.eval_ds = None
+        wants_eval = cfg.eval.every > 0 or cfg.eval.at_end
+        if info.is_main and wants_eval:
+            if self.eval_dataset is not None:
+                self.eval_ds = self.eval_dataset
+            elif cfg.data.eval_size > 0 or not cfg.data.source.startswith("generated:"):
+                try:
+                    self.eval_ds = build_dataset(cfg.data, EVAL_SPLIT, cfg.train.seed)
+                except TrainingError as err:
+                    raise TrainingError(f"{err}. Point data.eval_source at evaluation data, or train without "
+                                        f"evaluation: eval.every=0 eval.at_end=false") from None
+            if self.eval_ds is not None:
+                check_dataset(self.eval_ds, cfg.data, EVAL_SPLIT, cfg.data.eval_source or source)
+
+    def _epoch_loader(self, epoch: int, start_batch: int) -> DataLoader:
+        cfg = self.config
+        self.sampler.set_epoch(epoch)
+        self.sampler.set_start(start_batch * cfg.data.batch_size)
+        if hasattr(self.train_ds, "set_epoch"):
+            self.train_ds.set_epoch(epoch)
+        # A private generator: creating the iterator then draws its worker seed from here, not from the global
+        # RNG, so a resumed run (which creates its iterator mid-epoch) keeps the global RNG in step.
+        gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch)
+        return DataLoader(self.train_ds, batch_size=cfg.data.batch_size, sampler=self.sampler, drop_last=True,
+                          num_workers=cfg.data.num_workers, collate_fn=self.collate, generator=gen,
+                          pin_memory=self.info.device.type == "cuda")
+
+    def _batches(self) -> Iterator[Any]:
+        """Endless stream of training batches, crossing epochs; keeps ``epoch``/``batch_in_epoch`` current."""
+        while True:
+            for batch in self._epoch_loader(self.epoch, self.batch_in_epoch):
+                self.batch_in_epoch += 1
+                yield batch
+            self.epoch += 1
+            self.batch_in_epoch = 0
+
+    # ---- checkpoints ----------------------------------------------------------------------------------
+
+    def _state(self, rng_states: list[dict[str, Any]]) -> dict[str, Any]:
+        sched = self.scheduler.state_dict()
+        sched["lr_lambdas"] = [None] * len(self.optimizer.param_groups)  # rebuilt from the config on resume
+        cfg = self.config
+        return {
+            "format_version": ckpt.FORMAT_VERSION,
+            "family": self.family.name,
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "samples_in_epoch": self.batch_in_epoch * cfg.data.batch_size * self.info.world_size,
+            "world_size": self.info.world_size,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": sched,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+            "rng": rng_states,
+            "best": dict(self.best) if self.best else {},
+            "train_seconds": self.train_seconds_total,
+        }
+
+    def _save_checkpoint(self) -> None:
+        barrier()
+        rng_states = all_gather_object(ckpt.capture_rng_state())
+        if self.info.is_main:
+            self.last_ckpt = ckpt.save_checkpoint(
+                self.run_dir, self.step, family=self.family.name, config=config_to_dict(self.config),
+                model=self.model, state=self._state(rng_states), ema_model=self.ema_model,
+                keep_last=self.config.train.keep_last)
+        self.last_ckpt_step = self.step
+        barrier()
+
+    def _restore(self, path: Path) -> None:
+        cfg, info = self.config, self.info
+        ckpt.load_weights(self.model, path / ckpt.MODEL_FILE, info.device)
+        if self.ema_model is not None:
+            if (path / ckpt.EMA_FILE).is_file():
+                ckpt.load_weights(self.ema_model, path / ckpt.EMA_FILE, info.device)
+            else:
+                self.ema_model.load_state_dict(self.model.state_dict())
+        state = ckpt.load_training_state(path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self._apply_optim_config()
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        self.epoch = int(state["epoch"])
+        per_step = cfg.data.batch_size * info.world_size
+        self.batch_in_epoch = int(state.get("samples_in_epoch", 0)) // per_step
+        self.best = dict(state.get("best") or {}) or None
+        self.train_seconds_total = float(state.get("train_seconds", 0.0))
+        rngs = state.get("rng") or []
+        if int(state.get("world_size", 1)) == info.world_size and len(rngs) == info.world_size:
+            ckpt.restore_rng_state(rngs[info.rank])
+        else:
+            warnings.warn(f"checkpoint was written by {state.get('world_size')} processes, this run has "
+                          f"{info.world_size}: RNG streams and data order are re-seeded, so the run continues "
+                          f"correctly but not bitwise as before", stacklevel=2)
+            _seed_all(cfg.train.seed + info.rank + 7919 * self.step)
+        self.resumed_from = self.step
+        self.last_ckpt, self.last_ckpt_step = path, self.step
+
+    def _apply_optim_config(self) -> None:
+        """After loading optimizer/scheduler state, make the hyper-parameters the current config's."""
+        o = self.config.optim
+        self.scheduler.lr_lambdas = [self._schedule] * len(self.optimizer.param_groups)
+        self.scheduler.base_lrs = [o.lr] * len(self.optimizer.param_groups)
+        for i, group in enumerate(self.optimizer.param_groups):
+            group["initial_lr"] = o.lr
+            group["lr"] = o.lr * self._schedule(self.scheduler.last_epoch)
+            group["betas"], group["eps"] = tuple(o.betas), o.eps
+            group["weight_decay"] = o.weight_decay if i == 0 else 0.0
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
+    # ---- evaluation -----------------------------------------------------------------------------------
+
+    def _evaluate(self) -> dict[str, float] | None:
+        """Rank 0 evaluates the bare (EMA if on) model; the other ranks wait. Returns the metrics (rank 0)."""
+        cfg = self.config
+        metrics = None
+        if self.info.is_main and self.eval_ds is not None:
+            eval_model = self.ema_model if self.ema_model is not None else self.model
+            loader = DataLoader(self.eval_ds, batch_size=cfg.data.batch_size, shuffle=False,
+                                num_workers=cfg.data.num_workers, collate_fn=self.collate,
+                                generator=torch.Generator().manual_seed(0))
+
+            def batches() -> Iterator[Any]:
+                for i, batch in enumerate(loader):
+                    if i >= cfg.eval.batches:
+                        return
+                    yield _to_device(batch, self.info.device)
+
+            was_training = eval_model.training
+            t0 = time.perf_counter()
+            with ckpt.preserved_rng(), torch.no_grad(), autocast_context(self.precision, self.info.device):
+                eval_model.eval()
+                try:
+                    result = self.family.evaluate(eval_model, batches(), cfg)
+                finally:
+                    eval_model.train(was_training)
+            metrics = {k: float(v) for k, v in result.metrics.items()}
+            self._write_samples(result.audio, result.sample_rate)
+            record = {"step": self.step, "kind": "eval", "eval_seconds": time.perf_counter() - t0,
+                      **{f"eval/{k}": v for k, v in metrics.items()}}
+            self.metrics_log.write(record)
+            if self.writer is not None:
+                for k, v in metrics.items():
+                    self.writer.add_scalar(f"eval/{k}", v, self.step)
+            self._log(f"step {self.step}: eval " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+            self._update_best(metrics, eval_model)
+        self.last_eval_step = self.step
+        barrier()
+        return metrics
+
+    def _write_samples(self, audio: dict[str, torch.Tensor], sample_rate: int) -> None:
+        from course_lib.audio import save_audio
+
+        folder = self.run_dir / "samples" / ckpt.step_dir_name(self.step)
+        for name, wav in audio.items():
+            wav = wav.detach().float().cpu().reshape(-1).clamp(-1.0, 1.0)
+            save_audio(folder / f"{name}.wav", wav, sample_rate)
+            if self.writer is not None:
+                self.writer.add_audio(f"samples/{name}", wav[None], self.step, sample_rate=sample_rate)
+
+    def _update_best(self, metrics: dict[str, float], eval_model: nn.Module) -> None:
+        key = self.config.eval.best_metric
+        if key not in metrics:
+            raise TrainingError(f"eval.best_metric: {key!r} is not among the metrics family "
+                                f"{self.family.name!r} reports ({', '.join(sorted(metrics))})")
+        value = metrics[key]
+        if math.isfinite(value) and (self.best is None or value < self.best["value"]):
+            self.best = {"step": self.step, "metric": key, "value": value}
+            ckpt.save_best(self.run_dir, self.step, family=self.family.name, config=config_to_dict(self.config),
+                           model=eval_model, metric=key, value=value)
+
+    # ---- the loop -------------------------------------------------------------------------------------
+
+    def _fit(self, info: DistInfo) -> dict[str, Any]:
+        self.info = info
+        cfg, tc = self.config, self.config.train
+        wall0 = time.perf_counter()
+        if tc.num_threads > 0:
+            torch.set_num_threads(tc.num_threads)
+        if tc.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+        self.precision = resolve_precision(tc.precision, info.device)
+        resume_from = self._find_resume_point()
+
+        torch.manual_seed(tc.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
+        self.model = self.family.build_model(cfg.model).to(info.device)
+        self.ema_model = None
+        if tc.ema_decay > 0:
+            self.ema_model = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self._schedule = LRSchedule(cfg.optim.warmup_steps, tc.max_steps, cfg.optim.schedule, cfg.optim.min_lr_ratio)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, [self._schedule] * 2)
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        self._build_data()
+
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.best: dict[str, Any] | None = None
+        self.train_seconds_total = 0.0
+        self.resumed_from: int | None = None
+        self.last_ckpt: Path | None = None
+        self.last_ckpt_step = self.last_eval_step = -1
+        if resume_from is not None:
+            self._restore(resume_from)
+            self._log(f"resumed from {resume_from} (step {self.step}, epoch {self.epoch})")
+        else:
+            _seed_all(tc.seed + info.rank)
+
+        train_model: nn.Module = self.model
+        if info.distributed:
+            ids = [info.device.index] if info.device.type == "cuda" else None
+            train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if tc.compile:
+            train_model = torch.compile(train_model)
+
+        self.writer = None
+        if info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.atomic_write_text(self.run_dir / "config.yaml",
+                                   yaml.safe_dump({"family": self.family.name, **config_to_dict(cfg)}, sort_keys=False))
+            self.metrics_log = MetricsLog(self.run_dir / "metrics.jsonl", self.resumed_from)
+            if tc.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                purge = self.resumed_from + 1 if self.resumed_from is not None else None
+                self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge)
+        barrier()
+        try:
+            summary = self._loop(train_model, wall0)
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+        return summary
+
+    def _loop(self, train_model: nn.Module, wall0: float) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        cfg, tc, info = self.config, self.config.train, self.info
+        start_step = self.step
+        metrics: dict[str, float] | None = None
+        if self.step >= tc.max_steps:  # resumed a finished run: its final eval and checkpoint exist already
+            self._log(f"run already at step {self.step} >= train.max_steps={tc.max_steps}; nothing to train")
+            self.last_eval_step = self.step
+            previous = self.run_dir / "summary.json"
+            if all(all_gather_object(previous.is_file())):  # every rank returns here, or none does
+                return json.loads(previous.read_text())
+        stream = self._batches()
+        bar = tqdm(total=tc.max_steps, initial=self.step, desc=self.family.name, unit="step", dynamic_ncols=True,
+                   disable=not (info.is_main and tc.progress), file=sys.stderr)
+        session_seconds, last_loss = 0.0, None
+        interval: dict[str, float] = {"loss": 0.0, "steps": 0, "seconds": 0.0}
+        train_model.train()
+        try:
+            while self.step < tc.max_steps:
+                t0 = time.perf_counter()
+                step_loss, extras, grad_norm, lr = self._train_step(train_model, stream)
+                dt = time.perf_counter() - t0
+                session_seconds += dt
+                self.train_seconds_total += dt
+                interval["loss"] += step_loss
+                interval["steps"] += 1
+                interval["seconds"] += dt
+                bar.update(1)
+                if self.step % tc.log_every == 0 or self.step == tc.max_steps:
+                    last_loss = self._log_train(interval, extras, grad_norm, lr, bar)
+                    interval = {"loss": 0.0, "steps": 0, "seconds": 0.0}
+                if cfg.eval.every > 0 and self.step % cfg.eval.every == 0:
+                    metrics = self._evaluate() or metrics
+                if self.step % tc.ckpt_every == 0 and self.step < tc.max_steps:  # the last one is saved below
+                    self._save_checkpoint()
+                if tc.sleep_per_step > 0:
+                    time.sleep(tc.sleep_per_step)
+        finally:
+            stream.close()  # shuts DataLoader workers down now, not at garbage collection
+            bar.close()
+
+        if cfg.eval.at_end and self.last_eval_step != self.step:
+            metrics = self._evaluate() or metrics
+        if self.last_ckpt_step != self.step:
+            self._save_checkpoint()
+        hashes = all_gather_object(ckpt.state_dict_sha256(self.model)) if tc.check_replicas else []
+        if hashes and len(set(hashes)) > 1:
+            warnings.warn(f"DDP replicas ended with different weights: {hashes}", stacklevel=2)
+        summary = self._summary(start_step, session_seconds, wall0, last_loss, metrics, hashes)
+        if info.is_main:
+            ckpt.atomic_write_json(self.run_dir / "summary.json", summary)
+            self._log(f"done: step {self.step}, {summary['steps_per_second']:.2f} steps/s; "
+                      f"summary in {self.run_dir / 'summary.json'}")
+        barrier()
+        return summary
+
+    def _train_step(self, train_model: nn.Module, stream: Iterator[Any]) -> tuple[float, dict[str, float], float, float]:
+        """One optimizer step over ``grad_accum`` micro-batches; returns (loss, extras, grad norm, lr used)."""
+        cfg, info = self.config, self.info
+        accum = cfg.optim.grad_accum
+        step_loss, extras = 0.0, {}
+        for micro in range(accum):
+            batch = _to_device(next(stream), info.device)
+            last = micro == accum - 1
+            # DDP all-reduces gradients in backward; skip that for all but the last micro-batch
+            sync = train_model.no_sync() if (info.distributed and not last and hasattr(train_model, "no_sync")) \
+                else contextlib.nullcontext()
+            with sync:
+                with autocast_context(self.precision, info.device):
+                    loss, logs = self.family.loss_step(train_model, batch, cfg)
+                value = float(loss.detach())
+                if any_true(not math.isfinite(value), info.device):  # all ranks stop together
+                    self._non_finite("loss", value, micro)
+                scaled = loss / accum  # the mean over micro-batches, as one batch of accum x batch_size
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            step_loss += value / accum
+            for k, v in logs.items():
+                extras[k] = extras.get(k, 0.0) + float(v) / accum
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+        if self.scaler is None and any_true(not math.isfinite(grad_norm), info.device):
+            self._non_finite("gradient norm", grad_norm, accum - 1)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skipped (and the scale lowered) if fp16 gradients overflowed
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
+        self.scheduler.step()
+        if self.ema_model is not None:
+            ema_update(self.ema_model, self.model, cfg.train.ema_decay)
+        self.step += 1
+        return step_loss, extras, grad_norm, lr
+
+    def _log_train(self, interval: dict[str, float], extras: dict[str, float], grad_norm: float, lr: float,
+                   bar: Any) -> float:
+        """Mean loss over the interval and all ranks → metrics.jsonl, TensorBoard, progress bar (rank 0)."""
+        loss = mean_over_ranks(interval["loss"] / interval["steps"], self.info.device)
+        if self.info.is_main:
+            rec = {"step": self.step, "kind": "train", "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                   "epoch": self.epoch, "steps_per_second": interval["steps"] / max(interval["seconds"], 1e-9),
+                   **{f"train/{k}": v for k, v in extras.items()}}
+            self.metrics_log.write(rec)
+            if self.writer is not None:
+                for k in ("loss", "lr", "grad_norm", "steps_per_second"):
+                    self.writer.add_scalar(f"train/{k}", rec[k], self.step)
+                for k, v in extras.items():
+                    self.writer.add_scalar(f"train/{k}", v, self.step)
+            bar.set_postfix(loss=f"{loss:.4g}", lr=f"{lr:.3g}")
+        return loss
+
+    def _non_finite(self, what: str, value: float, micro: int) -> None:
+        step = self.step + 1
+        last = ckpt.latest_checkpoint(self.run_dir)
+        kept = f"the last good checkpoint ({last}) is intact" if last else "no checkpoint had been written yet"
+        raise NonFiniteLossError(
+            f"{what} is {value} at step {step} (micro-batch {micro + 1}/{self.config.optim.grad_accum}, epoch "
+            f"{self.epoch}); training stopped and {kept}. Try a lower optim.lr, gradient clipping "
+            f"(optim.grad_clip), train.precision=fp32, or check the data", step=step)
+
+    def _summary(self, start_step: int, session_seconds: float, wall0: float, last_loss: float | None,
+                 metrics: dict[str, float] | None, hashes: list[str]) -> dict[str, Any]:
+        cfg, info = self.config, self.info
+        steps = self.step - start_step
+        per_step = cfg.data.batch_size * cfg.optim.grad_accum * info.world_size
+        return {
+            "family": self.family.name,
+            "run_dir": str(self.run_dir),
+            "steps": self.step,
+            "steps_this_session": steps,
+            "resumed_from_step": self.resumed_from,
+            "epochs": self.epoch + self.batch_in_epoch / self.batches_per_epoch,
+            "wall_seconds": time.perf_counter() - wall0,
+            "train_seconds": session_seconds,
+            "steps_per_second": steps / session_seconds if session_seconds > 0 else 0.0,
+            "samples_per_second": steps * per_step / session_seconds if session_seconds > 0 else 0.0,
+            "global_batch_size": per_step,
+            "world_size": info.world_size,
+            "device": str(info.device),
+            "precision": self.precision,
+            "final_train_loss": last_loss,
+            "eval": metrics,
+            "best": self.best,
+            "last_checkpoint": str(self.last_ckpt) if self.last_ckpt else None,
+            "replica_sha256": hashes,
+            "replicas_identical": len(set(hashes)) <= 1,
+        }
+
+
+def _seed_all(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _lookup(tree: dict[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return "<missing>"
+        node = node[part]
+    return node
+
+
+def train(family: str | Family, config: RunConfig, *, resume: str = "auto", train_dataset: Dataset | None = None,
+          eval_dataset: Dataset | None = None) -> dict[str, Any]:
+    """One-call form: ``Trainer(family, config, resume=...).fit()``; returns the run summary."""
+    return Trainer(family, config, resume=resume, train_dataset=train_dataset, eval_dataset=eval_dataset).fit()
