@@ -171,11 +171,14 @@ def num_frames(num_samples: int, hop_length: int, center: bool = True, n_fft: in
     """Number of STFT frames for a signal of ``num_samples`` samples.
 
     With ``center=True`` (the course's convention, as in librosa and torch) the signal is padded by
-    ``n_fft // 2`` on both sides, giving ``1 + num_samples // hop_length`` frames. Without centering,
+    ``n_fft // 2`` on both sides, giving ``1 + num_samples // hop_length`` frames for an even ``n_fft``
+    (``1 + (num_samples - 1) // hop_length`` for an odd one). Without centering,
     ``1 + (num_samples - n_fft) // hop_length`` frames (0 if the signal is shorter than one window).
     """
     if center:
-        return 1 + num_samples // hop_length
+        if n_fft is None or n_fft % 2 == 0:
+            return 1 + num_samples // hop_length
+        return 1 + (num_samples - 1) // hop_length  # odd n_fft pads n_fft // 2 = (n_fft - 1) / 2 per side
     if n_fft is None:
         raise ValueError("n_fft is needed when center=False")
     return 0 if num_samples < n_fft else 1 + (num_samples - n_fft) // hop_length

@@ -66,6 +66,8 @@ def test_num_frames_matches_stft(n):
     spec = A.stft(torch.randn(n), n_fft=1024, hop_length=256)
     assert spec.shape == (513, A.num_frames(n, 256))
     assert A.num_frames(n, 256, center=False, n_fft=1024) == 1 + (n - 1024) // 256
+    odd = torch.stft(torch.randn(n), 255, 64, window=torch.hann_window(255), center=True, return_complex=True)
+    assert odd.shape[-1] == A.num_frames(n, 64, n_fft=255)
 
 
 def test_stft_istft_inverse_pair():
