@@ -7,6 +7,7 @@ STAMP  := $(VENV)/.installed
 LESSON0 := notebooks/00_audio_and_data.ipynb
 # Extra arguments for JupyterLab, e.g. make lab LAB_ARGS="--port=8890"
 LAB_ARGS ?=
+LAB_IP ?= 0.0.0.0
 
 .PHONY: help install check lab lab-headless test lint exercises exercises-check grade course data clean
 
@@ -35,7 +36,7 @@ lab: check
 	$(VENV)/bin/jupyter lab $(LAB_ARGS) $(LESSON0)
 
 lab-headless: check
-	$(VENV)/bin/jupyter lab --no-browser --ip=0.0.0.0 $(LAB_ARGS) $(LESSON0)
+	$(VENV)/bin/jupyter lab --no-browser --ip=$(LAB_IP) $(LAB_ARGS) $(LESSON0)
 
 test: $(STAMP)
 	COURSE_RUN_SIZE=quick $(PY) -m pytest tests notebooks solutions --nbval-lax --nbval-current-env --nbval-cell-timeout=600 --durations=15

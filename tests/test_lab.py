@@ -31,8 +31,8 @@ def get(url: str, token: str, method: str = "GET"):
 @pytest.mark.slow
 def test_make_lab_headless_serves_lesson_00():
     port, token = free_port(), secrets.token_hex(16)
-    args = f"--port={port} --ServerApp.token={token} --ServerApp.ip=127.0.0.1"
-    proc = subprocess.Popen(["make", "-s", "lab-headless", f"LAB_ARGS={args}"], cwd=ROOT,
+    args = f"--port={port} --ServerApp.token={token}"
+    proc = subprocess.Popen(["make", "-s", "lab-headless", f"LAB_ARGS={args}", "LAB_IP=127.0.0.1"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
