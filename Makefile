@@ -9,7 +9,7 @@ LESSON0 := notebooks/00_audio_and_data.ipynb
 LAB_ARGS ?=
 LAB_IP ?= 0.0.0.0
 
-.PHONY: help install check lab lab-headless test lint exercises exercises-check grade course data clean
+.PHONY: help install check lab lab-headless test lint exercises exercises-check grade course strip clean
 
 help:
 	@echo "make lab           set up (first time) and open JupyterLab on lesson 00"
@@ -19,6 +19,7 @@ help:
 	@echo "make exercises     regenerate exercises/ from solutions/"
 	@echo "make grade SUB=path/to/notebook-or-folder [CSV=grades.csv]"
 	@echo "make course        run every lesson at default size, render HTML under build/, print timings"
+	@echo "make strip         remove outputs from notebooks before committing"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python >= 3.10 is needed; found " + sys.version.split()[0])'
@@ -56,6 +57,9 @@ grade: $(STAMP)
 
 course: $(STAMP)
 	$(PY) -m course_lib.course_runner --out build
+
+strip: $(STAMP)
+	$(PY) -m course_lib.course_runner --strip
 
 clean:
 	rm -rf build runs .pytest_cache

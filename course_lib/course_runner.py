@@ -62,13 +62,35 @@ def run_notebook(path: Path, out_dir: Path, size: str, timeout: int) -> dict:
             "metrics": collect_metrics(nb)}
 
 
+def strip_outputs(path: Path) -> bool:
+    """Remove outputs and execution counts from a notebook in place; return True if it changed."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    changed = False
+    for cell in nb.cells:
+        if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None):
+            cell.outputs, cell.execution_count, changed = [], None, True
+    if changed:
+        nbformat.write(nb, path)
+    return changed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="build", help="output folder (default: build)")
     parser.add_argument("--size", default="default", choices=["default", "quick"])
     parser.add_argument("--timeout", type=int, default=900, help="per-cell time limit in seconds")
+    parser.add_argument("--strip", action="store_true", help="only strip outputs from the given notebooks (or all)")
     parser.add_argument("notebooks", nargs="*", help="notebooks to run (default: all of notebooks/)")
     args = parser.parse_args(argv)
+    if args.strip:
+        folders = ("notebooks", "solutions", "exercises")
+        paths = [Path(p) for p in args.notebooks] or sorted(p for f in folders for p in (ROOT / f).glob("*.ipynb"))
+        for path in paths:
+            if strip_outputs(path):
+                print(f"stripped {path}")
+        return 0
     paths = [Path(p) for p in args.notebooks] or sorted((ROOT / "notebooks").glob("*.ipynb"))
     out_dir = Path(args.out)
     rows = []

@@ -35,3 +35,15 @@ def test_runner_reports_a_failing_notebook(tmp_path):
     assert course_runner.main(["--out", str(tmp_path / "b"), "--size", "quick", str(path)]) == 1
     row = json.loads((tmp_path / "b" / "summary.json").read_text())[0]
     assert not row["ok"] and "measured value too low" in row["error"]
+
+
+def test_strip_outputs(tmp_path):
+    nb = new_notebook(cells=[new_code_cell("1 + 1")])
+    nb.cells[0].outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": "2"}, execution_count=1)]
+    nb.cells[0].execution_count = 1
+    path = tmp_path / "x.ipynb"
+    nbformat.write(nb, path)
+    assert course_runner.main(["--strip", str(path)]) == 0
+    cell = nbformat.read(path, as_version=4).cells[0]
+    assert cell.outputs == [] and cell.execution_count is None
+    assert not course_runner.strip_outputs(path)  # already clean: unchanged

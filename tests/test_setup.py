@@ -63,3 +63,29 @@ def test_environment_check_passes_here():
     assert not failed, failed
     assert any("torch" in msg for _, msg in results)
     assert sys.version_info >= (3, 10)
+
+
+def committed_notebooks():
+    return sorted(p for folder in ("notebooks", "solutions", "exercises") for p in (ROOT / folder).glob("*.ipynb"))
+
+
+def test_notebooks_are_committed_without_outputs():
+    import nbformat
+
+    assert committed_notebooks(), "no notebooks found"
+    dirty = []
+    for path in committed_notebooks():
+        nb = nbformat.read(path, as_version=4)
+        if any(c.cell_type == "code" and (c.outputs or c.execution_count) for c in nb.cells):
+            dirty.append(path.name)
+    assert not dirty, f"strip outputs before committing (make strip): {dirty}"
+
+
+def test_lessons_use_the_course_kernel_and_end_with_assertions():
+    import nbformat
+
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        assert nb.metadata["kernelspec"]["name"] == "audio-course", path.name
+        last_code = [c for c in nb.cells if c.cell_type == "code"][-1].source
+        assert "assert " in last_code and "report_metrics(" in last_code, f"{path.name} must end with assertions"
