@@ -8,6 +8,10 @@ LESSON0 := notebooks/00_audio_and_data.ipynb
 # Extra arguments for JupyterLab, e.g. make lab LAB_ARGS="--port=8890"
 LAB_ARGS ?=
 LAB_IP ?= 0.0.0.0
+# Serve the whole course folder (lessons, exercises, solutions) and open lesson 00 first.
+LAB_OPEN := --ServerApp.root_dir="$(CURDIR)" --ServerApp.default_url=/lab/tree/$(LESSON0)
+# JupyterLab refuses to run as root (containers, CI) unless told it may.
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 .PHONY: help install check lab lab-headless test lint exercises exercises-check grade course strip clean
 
@@ -34,10 +38,10 @@ check: $(STAMP)
 	$(PY) -m course_lib.check
 
 lab: check
-	$(VENV)/bin/jupyter lab $(LAB_ARGS) $(LESSON0)
+	$(VENV)/bin/jupyter lab $(LAB_OPEN) $(LAB_ROOT) $(LAB_ARGS)
 
 lab-headless: check
-	$(VENV)/bin/jupyter lab --no-browser --ip=$(LAB_IP) $(LAB_ARGS) $(LESSON0)
+	$(VENV)/bin/jupyter lab --no-browser --ip=$(LAB_IP) $(LAB_OPEN) $(LAB_ROOT) $(LAB_ARGS)
 
 test: $(STAMP)
 	COURSE_RUN_SIZE=quick $(PY) -m pytest tests notebooks solutions --nbval-lax --nbval-current-env --nbval-cell-timeout=600 --durations=15

@@ -50,6 +50,11 @@ def test_make_lab_headless_serves_lesson_00():
             time.sleep(1)
         status, body = get(f"{base}/lab", token)
         assert status == 200 and b"JupyterLab" in body
+        status, body = get(f"{base}/lab/tree/{LESSON0}", token)  # where make lab opens the browser
+        assert status == 200 and b"JupyterLab" in body
+        for folder in ("notebooks", "exercises", "solutions"):  # the whole course is served
+            status, body = get(f"{base}/api/contents/{folder}", token)
+            assert status == 200 and json.loads(body)["type"] == "directory"
         status, body = get(f"{base}/api/contents/{LESSON0}", token)
         model = json.loads(body)
         assert status == 200 and model["type"] == "notebook"
