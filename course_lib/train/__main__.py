@@ -33,8 +33,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Train a course model family with the shared engine (one CPU, one GPU, or torchrun).")
     p.add_argument("family", nargs="?", help="model family to train (see --list)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-3")
-    p.add_argument("--config", default="tiny", help="YAML config file, or 'tiny'/'paper' for the packaged ones "
-                                                    "(default: tiny)")
+    p.add_argument("--config", default="tiny", help="YAML config file, or 'tiny'/'paper' (or another packaged "
+                                                    "size, e.g. melgan's 'course') for the packaged ones (default: tiny)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--resume", dest="resume", action="store_const", const="always",
                        help="continue from the newest checkpoint in train.run_dir (fail if there is none)")

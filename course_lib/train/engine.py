@@ -7,6 +7,17 @@ the weights, opt-in ``torch.compile``, DDP under ``torchrun``, atomic checkpoint
 tqdm/TensorBoard/JSONL logging, periodic evaluation with audio samples, and a final ``summary.json``.
 A :class:`~course_lib.train.families.Family` supplies only the model, its loss and its evaluation.
 
+Several optimizers (GANs): when the family's ``optimizer_groups`` returns more than one group, each optimizer
+step runs one *phase* per group, in order (a GAN: discriminator, then generator), on the same micro-batches;
+each group has its own AdamW, LR schedule, gradient clipping and fp16 ``GradScaler``, all checkpointed (under
+``optimizers``/``schedulers``/``scalers`` keyed by group name), and the EMA averages only the groups marked
+``ema``. The logged ``loss`` is the last phase's; every phase's loss, gradient norm and LR are logged as
+``train/loss_<group>``, ``train/grad_norm_<group>``, ``train/lr_<group>``. A group with ``start_step`` > 0 sits
+out the steps before it (a discriminator that joins after a generator warm-up; its LR schedule counts its own
+steps). A multi-group family's ``loss_step`` gets ``phase=<group>`` and, if it accepts one, ``step=<the
+0-based optimizer step being computed>``. Under DDP the model is wrapped once, with
+``find_unused_parameters=True``. Single-optimizer families train exactly as before.
+
 Resume policy (``resume=``, or the command line's ``--resume`` / ``--no-resume``):
 
 * ``"auto"`` (default): if ``train.run_dir`` holds a checkpoint, continue from the newest one; else start;
@@ -27,13 +38,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import json
 import math
 import os
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +70,7 @@ from course_lib.train.distributed import (
 )
 from course_lib.train.errors import CheckpointError, ConfigError, NonFiniteLossError, TrainingError
 from course_lib.train.families import Family, get_family
+from course_lib.train.families.base import OptimizerGroup
 
 RESUME_MODES = ("auto", "always", "never")
 # Keys that must not change when a run is continued (anything under "model." too).
@@ -105,10 +118,17 @@ def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
 
 
 @torch.no_grad()
-def ema_update(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
-    """``ema = decay * ema + (1 - decay) * param`` for every floating parameter; buffers are copied."""
-    for e, p in zip(ema_model.parameters(), model.parameters()):
-        e.lerp_(p.detach().to(e.dtype), 1.0 - decay)
+def ema_update(ema_model: nn.Module, model: nn.Module, decay: float, only: Collection[str] | None = None) -> None:
+    """``ema = decay * ema + (1 - decay) * param`` for every floating parameter; buffers are copied.
+
+    ``only`` (parameter names, as in ``model.named_parameters()``) limits the average to those parameters;
+    the others are copied as they are (a GAN's discriminator, which is not averaged).
+    """
+    for (name, e), p in zip(ema_model.named_parameters(), model.parameters()):
+        if only is None or name in only:
+            e.lerp_(p.detach().to(e.dtype), 1.0 - decay)
+        else:
+            e.copy_(p.detach())
     for e, b in zip(ema_model.buffers(), model.buffers()):
         e.copy_(b)
 
@@ -139,6 +159,33 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, dict):
         return {k: _to_device(v, device) for k, v in batch.items()}
     return batch
+
+
+def check_optimizer_groups(groups: list[OptimizerGroup], model: nn.Module, family: str) -> list[OptimizerGroup]:
+    """Refuse optimizer groups that cannot train correctly: none, duplicate names, a module that is not part
+    of ``model``, a group without trainable parameters, or a parameter in two groups."""
+    if not groups:
+        raise TrainingError(f"family {family!r}: optimizer_groups returned no groups")
+    names = [g.name for g in groups]
+    if all(g.start_step > 0 for g in groups):
+        raise TrainingError(f"family {family!r}: at least one optimizer group must start at step 0")
+    if len(set(names)) != len(names) or not all(names):
+        raise TrainingError(f"family {family!r}: optimizer group names must be unique and non-empty, got {names}")
+    model_params = {id(p) for p in model.parameters()}
+    seen: dict[int, str] = {}
+    for g in groups:
+        params = [p for p in g.module.parameters() if p.requires_grad]
+        if not params:
+            raise TrainingError(f"family {family!r}: optimizer group {g.name!r} has no trainable parameters")
+        for p in params:
+            if id(p) not in model_params:
+                raise TrainingError(f"family {family!r}: optimizer group {g.name!r} holds parameters that are "
+                                    f"not the model's (pass a sub-module of the model built by build_model)")
+            if id(p) in seen:
+                raise TrainingError(f"family {family!r}: a parameter is in optimizer groups {seen[id(p)]!r} and "
+                                    f"{g.name!r}; groups must not share parameters")
+            seen[id(p)] = g.name
+    return groups
 
 
 class MetricsLog:
@@ -286,11 +333,57 @@ class Trainer:
             self.epoch += 1
             self.batch_in_epoch = 0
 
+    def _build_optimizers(self) -> None:
+        """One AdamW, LR schedule and (fp16) scaler per optimizer group of the family, checked for overlap."""
+        cfg, tc = self.config, self.config.train
+        groups = list(self.family.optimizer_groups(self.model, cfg))
+        self.groups = check_optimizer_groups(groups, self.model, self.family.name)
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: dict[str, torch.optim.lr_scheduler.LambdaLR] = {}
+        self.scalers: dict[str, torch.amp.GradScaler | None] = {}
+        self._schedules: dict[str, LRSchedule] = {}
+        self.group_params: dict[str, list[nn.Parameter]] = {}
+        for g in self.groups:
+            o = g.optim
+            self.optimizers[g.name] = build_optimizer(g.module, o)
+            self.group_params[g.name] = [p for p in g.module.parameters() if p.requires_grad]
+            self._schedules[g.name] = LRSchedule(o.warmup_steps, tc.max_steps, o.schedule, o.min_lr_ratio)
+            self.schedulers[g.name] = torch.optim.lr_scheduler.LambdaLR(self.optimizers[g.name],
+                                                                        [self._schedules[g.name]] * 2)
+            self.scalers[g.name] = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        params = inspect.signature(self.family.loss_step).parameters
+        self._loss_takes_step = "step" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+        first = self.groups[0].name  # single-optimizer names kept for code that reads them
+        self.optimizer, self.scheduler, self.scaler = self.optimizers[first], self.schedulers[first], self.scalers[first]
+        self.ema_names: set[str] | None = None
+        if not all(g.ema for g in self.groups):
+            owner = {id(p): g for g in self.groups for p in g.module.parameters()}
+            self.ema_names = {n for n, p in self.model.named_parameters() if id(p) in owner and owner[id(p)].ema}
+
     # ---- checkpoints ----------------------------------------------------------------------------------
 
+    def _scheduler_state(self, name: str) -> dict[str, Any]:
+        sched = self.schedulers[name].state_dict()
+        sched["lr_lambdas"] = [None] * len(self.optimizers[name].param_groups)  # rebuilt from the config on resume
+        return sched
+
+    def _optim_state(self) -> dict[str, Any]:
+        """Optimizer, scheduler and scaler states: under ``optimizer``/``scheduler``/``scaler`` for a single
+        group (the format of single-optimizer runs), under ``optimizers``/``schedulers``/``scalers`` keyed by
+        group name for several."""
+        def scaler_state(name: str) -> dict[str, Any]:
+            scaler = self.scalers[name]
+            return scaler.state_dict() if scaler is not None else {}
+
+        if len(self.groups) == 1:
+            name = self.groups[0].name
+            return {"optimizer": self.optimizers[name].state_dict(), "scheduler": self._scheduler_state(name),
+                    "scaler": scaler_state(name)}
+        return {"optimizers": {g.name: self.optimizers[g.name].state_dict() for g in self.groups},
+                "schedulers": {g.name: self._scheduler_state(g.name) for g in self.groups},
+                "scalers": {g.name: scaler_state(g.name) for g in self.groups}}
+
     def _state(self, rng_states: list[dict[str, Any]]) -> dict[str, Any]:
-        sched = self.scheduler.state_dict()
-        sched["lr_lambdas"] = [None] * len(self.optimizer.param_groups)  # rebuilt from the config on resume
         cfg = self.config
         return {
             "format_version": ckpt.FORMAT_VERSION,
@@ -300,9 +393,7 @@ class Trainer:
             "batch_in_epoch": self.batch_in_epoch,
             "samples_in_epoch": self.batch_in_epoch * cfg.data.batch_size * self.info.world_size,
             "world_size": self.info.world_size,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": sched,
-            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+            **self._optim_state(),
             "rng": rng_states,
             "best": dict(self.best) if self.best else {},
             "train_seconds": self.train_seconds_total,
@@ -328,11 +419,7 @@ class Trainer:
             else:
                 self.ema_model.load_state_dict(self.model.state_dict())
         state = ckpt.load_training_state(path)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self._apply_optim_config()
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
+        self._restore_optim_state(state, path)
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])
         per_step = cfg.data.batch_size * info.world_size
@@ -350,17 +437,37 @@ class Trainer:
         self.resumed_from = self.step
         self.last_ckpt, self.last_ckpt_step = path, self.step
 
+    def _restore_optim_state(self, state: dict[str, Any], path: Path) -> None:
+        names = [g.name for g in self.groups]
+        if "optimizers" in state:
+            stored = {k: (state["optimizers"][k], state["schedulers"][k], state["scalers"].get(k) or {})
+                      for k in state["optimizers"]}
+        else:
+            stored = {names[0]: (state["optimizer"], state["scheduler"], state.get("scaler") or {})}
+        if sorted(stored) != sorted(names):
+            raise CheckpointError(f"{path} holds optimizers for groups {sorted(stored)}, but family "
+                                  f"{self.family.name!r} trains groups {names}; use a new train.run_dir")
+        for name in names:
+            opt_state, sched_state, scaler_state = stored[name]
+            self.optimizers[name].load_state_dict(opt_state)
+            self.schedulers[name].load_state_dict(sched_state)
+            if self.scalers[name] is not None and scaler_state:
+                self.scalers[name].load_state_dict(scaler_state)
+        self._apply_optim_config()
+
     def _apply_optim_config(self) -> None:
         """After loading optimizer/scheduler state, make the hyper-parameters the current config's."""
-        o = self.config.optim
-        self.scheduler.lr_lambdas = [self._schedule] * len(self.optimizer.param_groups)
-        self.scheduler.base_lrs = [o.lr] * len(self.optimizer.param_groups)
-        for i, group in enumerate(self.optimizer.param_groups):
-            group["initial_lr"] = o.lr
-            group["lr"] = o.lr * self._schedule(self.scheduler.last_epoch)
-            group["betas"], group["eps"] = tuple(o.betas), o.eps
-            group["weight_decay"] = o.weight_decay if i == 0 else 0.0
-        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        for g in self.groups:
+            o, optimizer, scheduler, schedule = g.optim, self.optimizers[g.name], self.schedulers[g.name], \
+                self._schedules[g.name]
+            scheduler.lr_lambdas = [schedule] * len(optimizer.param_groups)
+            scheduler.base_lrs = [o.lr] * len(optimizer.param_groups)
+            for i, group in enumerate(optimizer.param_groups):
+                group["initial_lr"] = o.lr
+                group["lr"] = o.lr * schedule(scheduler.last_epoch)
+                group["betas"], group["eps"] = tuple(o.betas), o.eps
+                group["weight_decay"] = o.weight_decay if i == 0 else 0.0
+            scheduler._last_lr = [pg["lr"] for pg in optimizer.param_groups]
 
     # ---- evaluation -----------------------------------------------------------------------------------
 
@@ -442,11 +549,7 @@ class Trainer:
         self.ema_model = None
         if tc.ema_decay > 0:
             self.ema_model = copy.deepcopy(self.model).requires_grad_(False).eval()
-        self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self._schedule = LRSchedule(cfg.optim.warmup_steps, tc.max_steps, cfg.optim.schedule, cfg.optim.min_lr_ratio)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, [self._schedule] * 2)
-        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        self._build_optimizers()
         self._build_data()
 
         self.step = self.epoch = self.batch_in_epoch = 0
@@ -464,7 +567,8 @@ class Trainer:
         train_model: nn.Module = self.model
         if info.distributed:
             ids = [info.device.index] if info.device.type == "cuda" else None
-            train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids,
+                                                              find_unused_parameters=len(self.groups) > 1)
         if tc.compile:
             train_model = torch.compile(train_model)
 
@@ -545,45 +649,69 @@ class Trainer:
         return summary
 
     def _train_step(self, train_model: nn.Module, stream: Iterator[Any]) -> tuple[float, dict[str, float], float, float]:
-        """One optimizer step over ``grad_accum`` micro-batches; returns (loss, extras, grad norm, lr used)."""
+        """One optimizer step per group over ``grad_accum`` micro-batches; returns (loss, extras, grad norm, lr)
+        of the last group (the only one for single-optimizer families); every group's appear in extras."""
+        cfg = self.config
+        accum = cfg.optim.grad_accum
+        multi = len(self.groups) > 1
+        prepare = self.family.prepare_batch
+        batches = [prepare(next(stream), cfg) for _ in range(accum)] if multi else None  # same data every phase
+        extras: dict[str, float] = {}
+        for g in self.groups:
+            if self.step < g.start_step:  # e.g. a discriminator that joins after a generator warm-up
+                continue
+            micro_batches = iter(batches) if multi else (prepare(next(stream), cfg) for _ in range(accum))
+            phase_loss, grad_norm, lr = self._phase(train_model, g, micro_batches, extras, phase=g.name if multi else None)
+            if multi:
+                extras[f"loss_{g.name}"], extras[f"grad_norm_{g.name}"], extras[f"lr_{g.name}"] = phase_loss, grad_norm, lr
+        if self.ema_model is not None:
+            ema_update(self.ema_model, self.model, cfg.train.ema_decay, only=self.ema_names)
+        self.step += 1
+        return phase_loss, extras, grad_norm, lr
+
+    def _phase(self, train_model: nn.Module, group: OptimizerGroup, micro_batches: Iterator[Any],
+               extras: dict[str, float], phase: str | None) -> tuple[float, float, float]:
+        """Accumulate ``grad_accum`` micro-batches of ``loss_step`` and step ``group``'s optimizer once."""
         cfg, info = self.config, self.info
         accum = cfg.optim.grad_accum
-        step_loss, extras = 0.0, {}
-        for micro in range(accum):
-            batch = _to_device(next(stream), info.device)
+        optimizer, scaler = self.optimizers[group.name], self.scalers[group.name]
+        kwargs: dict[str, Any] = {} if phase is None else {"phase": phase}
+        if phase is not None and self._loss_takes_step:
+            kwargs["step"] = self.step
+        step_loss = 0.0
+        self.model.zero_grad(set_to_none=True)  # a generator phase also leaves gradients on the discriminator
+        for micro, batch in enumerate(micro_batches):
+            batch = _to_device(batch, info.device)
             last = micro == accum - 1
             # DDP all-reduces gradients in backward; skip that for all but the last micro-batch
             sync = train_model.no_sync() if (info.distributed and not last and hasattr(train_model, "no_sync")) \
                 else contextlib.nullcontext()
             with sync:
                 with autocast_context(self.precision, info.device):
-                    loss, logs = self.family.loss_step(train_model, batch, cfg)
+                    loss, logs = self.family.loss_step(train_model, batch, cfg, **kwargs)
                 value = float(loss.detach())
                 if any_true(not math.isfinite(value), info.device):  # all ranks stop together
-                    self._non_finite("loss", value, micro)
+                    self._non_finite("loss" if phase is None else f"{phase} loss", value, micro)
                 scaled = loss / accum  # the mean over micro-batches, as one batch of accum x batch_size
-                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
             step_loss += value / accum
             for k, v in logs.items():
                 extras[k] = extras.get(k, 0.0) + float(v) / accum
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
-        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
-        if self.scaler is None and any_true(not math.isfinite(grad_norm), info.device):
-            self._non_finite("gradient norm", grad_norm, accum - 1)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)  # skipped (and the scale lowered) if fp16 gradients overflowed
-            self.scaler.update()
+        if scaler is not None:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        clip = group.optim.grad_clip if group.optim.grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.group_params[group.name], clip))
+        if scaler is None and any_true(not math.isfinite(grad_norm), info.device):
+            self._non_finite("gradient norm" if phase is None else f"{phase} gradient norm", grad_norm, accum - 1)
+        if scaler is not None:
+            scaler.step(optimizer)  # skipped (and the scale lowered) if fp16 gradients overflowed
+            scaler.update()
         else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
-        self.scheduler.step()
-        if self.ema_model is not None:
-            ema_update(self.ema_model, self.model, cfg.train.ema_decay)
-        self.step += 1
-        return step_loss, extras, grad_norm, lr
+            optimizer.step()
+        self.model.zero_grad(set_to_none=True)
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step used
+        self.schedulers[group.name].step()
+        return step_loss, grad_norm, lr
 
     def _log_train(self, interval: dict[str, float], extras: dict[str, float], grad_norm: float, lr: float,
                    bar: Any) -> float:

@@ -10,11 +10,14 @@ import difflib
 import importlib
 
 from course_lib.train.errors import ConfigError
-from course_lib.train.families.base import EvalResult, Family, unwrap_model
+from course_lib.train.families.base import EvalResult, Family, OptimizerGroup, unwrap_model
 
 # name -> module that defines and registers it. A new family adds one line here.
 _BUILTIN: dict[str, str] = {
     "mel_autoencoder": "course_lib.train.families.mel_autoencoder",
+    "melgan": "course_lib.train.families.melgan",
+    "mel_vqvae": "course_lib.train.families.mel_vqvae",
+    "codec": "course_lib.train.families.codec",
 }
 
 _REGISTRY: dict[str, Family] = {}
@@ -46,4 +49,4 @@ def get_family(name: str) -> Family:
     return _REGISTRY[name]
 
 
-__all__ = ["EvalResult", "Family", "get_family", "list_families", "register_family", "unwrap_model"]
+__all__ = ["EvalResult", "Family", "OptimizerGroup", "get_family", "list_families", "register_family", "unwrap_model"]

@@ -10,6 +10,13 @@ owns only what is specific to its model. To add one, copy ``mel_autoencoder.py``
    :meth:`Family.loss_step` and (for audio samples and extra metrics) :meth:`Family.evaluate`;
 3. decorate it with ``@register_family`` and add its module to ``_BUILTIN`` in ``families/__init__.py``;
 4. add ``configs/<name>_tiny.yaml`` (seconds on a CPU, used by the tests) and ``configs/<name>_paper.yaml``.
+
+Several optimizers (GANs): a family whose :meth:`Family.optimizer_groups` returns more than one
+:class:`OptimizerGroup` (e.g. ``discriminator`` then ``generator``, each a sub-module with its own
+:class:`~course_lib.train.config.OptimConfig`) is trained in *phases*: every optimizer step, for each group in
+order, the engine zeroes all gradients, calls ``loss_step(model, batch, config, phase=group.name)`` on the same
+micro-batches, backpropagates, and unscales, clips and steps that group's optimizer (its own scheduler and
+fp16 scaler). The EMA covers only the groups with ``ema=True``. ``families/melgan.py`` is the example.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from course_lib.train.config import RunConfig, config_from_dict, load_config
+from course_lib.train.config import OptimConfig, RunConfig, config_from_dict, load_config
 from course_lib.train.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -40,6 +47,21 @@ class EvalResult:
     metrics: dict[str, float]
     audio: dict[str, torch.Tensor] = field(default_factory=dict)
     sample_rate: int = 16_000
+
+
+@dataclass
+class OptimizerGroup:
+    """One optimizer of a family: the parameters of ``module`` (a sub-module of the model, or the model),
+    trained with ``optim`` (AdamW, its schedule, clipping). ``name`` is the phase passed to
+    :meth:`Family.loss_step` and the key of this group in checkpoints and logs. ``ema=False`` leaves the group
+    out of the weight EMA (a GAN's discriminator: only the generator is averaged). ``start_step`` > 0 skips the
+    group's phase before that optimizer step (a discriminator that joins after a generator warm-up)."""
+
+    name: str
+    module: nn.Module
+    optim: OptimConfig
+    ema: bool = True
+    start_step: int = 0
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -74,6 +96,12 @@ class Family:
     def loss_step(self, model: nn.Module, batch: Batch, config: RunConfig) -> tuple[torch.Tensor, dict[str, float]]:
         """One micro-batch: return ``(scalar loss to minimise, extra scalars to log)``.
 
+        Families with several :meth:`optimizer_groups` take a keyword ``phase`` (the group's name) and return
+        the loss of that phase; only that group's parameters are stepped with the resulting gradients. If it
+        also has a ``step`` parameter, it gets the 0-based optimizer step being computed. Under
+        DDP, do everything a phase needs in ONE ``model(...)`` call (the model is wrapped whole, with
+        ``find_unused_parameters=True``).
+
         ``batch`` is the collated batch on the training device: ``batch["audio"]`` is ``(B, 1, T)`` float32
         at ``config.data.sample_rate``, ``batch["caption"]`` a list of ``B`` strings, ``batch["id"]`` ids.
         The engine runs this under autocast, scales, accumulates and steps; the family only computes.
@@ -92,6 +120,25 @@ class Family:
             loss, _ = self.loss_step(model, batch, config)
             total, n = total + float(loss), n + 1
         return EvalResult(metrics={"loss": total / max(n, 1)}, sample_rate=config.data.sample_rate)
+
+    def prepare_batch(self, batch: Batch, config: RunConfig) -> Batch:
+        """Transform a training micro-batch once, on the CPU, before any phase sees it (default: unchanged).
+
+        For per-step augmentation such as MelGAN's random 8192-sample crops: every phase of a multi-optimizer
+        step then sees the same crops. Draw random numbers from torch's global RNG only (it is saved in
+        checkpoints, so resume stays exact). Not applied to evaluation batches.
+        """
+        return batch
+
+    def optimizer_groups(self, model: nn.Module, config: RunConfig) -> list[OptimizerGroup]:
+        """The optimizers to train ``model`` (the bare module) with, stepped in list order every step.
+
+        Default: one group, ``"model"``, over all parameters with ``config.optim`` (and ``loss_step`` is called
+        without ``phase``). A GAN returns e.g. ``[OptimizerGroup("discriminator", model.discriminator,
+        config.disc_optim, ema=False), OptimizerGroup("generator", model.generator, config.optim)]``. Groups
+        must not share parameters. ``config.optim.grad_accum`` applies to all groups.
+        """
+        return [OptimizerGroup("model", model, config.optim)]
 
     # ---- config helpers (usually inherited as they are) ----------------------------------------------
 
@@ -117,10 +164,11 @@ class Family:
 
     def load_config(self, path: str | os.PathLike | None = None, overrides: Iterable[str] = (),
                     validate: bool = True) -> RunConfig:
-        """Load this family's config from YAML (``"tiny"``/``"paper"`` name the packaged files), apply
+        """Load this family's config from YAML (``"tiny"``/``"paper"``, or another ``<size>`` for which a
+        ``configs/<family>_<size>.yaml`` is packaged, name the packaged files), apply
         ``key=value`` overrides, validate."""
-        if path in ("tiny", "paper"):
-            path = self.packaged_config(str(path))
+        if isinstance(path, str) and (path in ("tiny", "paper") or _is_packaged_name(self.name, path)):
+            path = self.packaged_config(path)
         cfg = load_config(self.config_class, path, list(overrides), family=self.name, validate=False)
         if validate:
             self.validate(cfg)
@@ -132,3 +180,8 @@ class Family:
         if not path.is_file():
             raise ConfigError(f"no packaged config {path.name} for family {self.name!r}")
         return path
+
+
+def _is_packaged_name(family: str, name: str) -> bool:
+    """True when ``name`` is a bare word (no path, no suffix) naming a packaged ``<family>_<name>.yaml``."""
+    return name.isidentifier() and not Path(name).exists() and (CONFIG_DIR / f"{family}_{name}.yaml").is_file()

@@ -1,0 +1,67 @@
+"""Small models the course trained on its own generated data, shipped in the repository with a card each.
+
+Each model lives in ``course_lib/pretrained/<name>/``: ``model.safetensors`` + ``config.json`` (what the
+model's ``from_pretrained`` reads), ``card.json`` (how it was trained, on what, and the metrics it
+reached on held-out clips) and ``CARD.md`` (the same for people). Nothing is downloaded::
+
+    from course_lib import pretrained
+    pretrained.available()                    # ['mel_vqvae_course', ...]
+    vqvae = pretrained.load("mel_vqvae_course")
+    pretrained.measure("mel_vqvae_course")    # re-measures the card's metrics on fresh held-out clips
+
+The tests call :func:`measure` and fail if a card's numbers are not reproduced.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PRETRAINED_DIR = Path(__file__).resolve().parent
+
+# name -> (model class, measuring function). A model is listed here once its folder is committed.
+_REGISTRY: dict[str, tuple[str, str]] = {
+    "mel_vqvae_course": ("course_lib.codecs.mel_vqvae:MelVQVAE", "course_lib.pretrained.measure:measure_mel_vqvae"),
+}
+
+
+def _resolve(target: str) -> Any:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def available() -> list[str]:
+    """Names of the shipped models whose weights are present."""
+    return sorted(name for name in _REGISTRY if (PRETRAINED_DIR / name / "model.safetensors").is_file())
+
+
+def path(name: str) -> Path:
+    """Folder of a shipped model; a clear error lists the names that exist."""
+    if name not in _REGISTRY:
+        raise KeyError(f"no shipped model {name!r}; available: {available()}")
+    folder = PRETRAINED_DIR / name
+    if not (folder / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{folder} has no model.safetensors: the weights of {name!r} are not in this checkout")
+    return folder
+
+
+def card(name: str) -> dict[str, Any]:
+    """The model card (training command, data, steps, time, metrics) as a dict."""
+    return json.loads((path(name) / "card.json").read_text())
+
+
+def load(name: str) -> torch.nn.Module:
+    """Load a shipped model in eval mode (safetensors + JSON config; nothing unpickled)."""
+    folder = path(name)  # checks the name first, with a message listing what exists
+    return _resolve(_REGISTRY[name][0]).from_pretrained(folder)
+
+
+def measure(name: str, **kwargs: Any) -> dict[str, float]:
+    """Recompute the card's metrics for ``name`` on freshly generated held-out (test-split) clips."""
+    model = load(name)  # checks the name
+    settings = {**card(name)["evaluation"]["settings"], **kwargs}
+    return _resolve(_REGISTRY[name][1])(model, **settings)

@@ -1,0 +1,200 @@
+"""``melgan``: the MelGAN vocoder (Kumar et al. 2019) trained by the engine as a two-optimizer GAN.
+
+Every optimizer step has two phases on the same random ``gan.segment_samples``-sample crops (8192 in the
+paper; :meth:`MelGANFamily.prepare_batch` cuts them from the ``data.clip_seconds`` clips):
+
+1. ``discriminator``: the hinge loss ``Σ_k E[max(0, 1 − D_k(x))] + E[max(0, 1 + D_k(G(s)))]`` on real audio
+   ``x`` and generated audio ``G(s)`` (no gradient into the generator); Adam on ``disc_optim``;
+2. ``generator``: ``−E[D_k(G(s))] + λ_fm · L_FM + λ_mel · |log_mel(G(s)) − s|₁`` (``gan.lambda_fm`` = 10 in
+   the paper; ``gan.lambda_mel`` = 0 in the paper, > 0 in the course configs, as HiFi-GAN adds); Adam on
+   ``optim``. The EMA (``train.ema_decay``) averages the generator only.
+
+With ``gan.disc_start_step`` = N > 0 (the course config; 0 in the paper) the first N steps train the generator
+on the mel loss alone and skip the discriminator (the engine's ``OptimizerGroup.start_step``), as Parallel
+WaveGAN warms up its generator: those steps are cheaper (no discriminator; about 0.7 of a GAN step in the
+course config on a CPU) and give the GAN a generator that already follows the mel.
+
+Evaluation: on held-out clips, the mel L1 distance (in dB: nats × 20 / ln 10) between each clip's log-mel and
+the log-mel of the audio the vocoder makes from it, for MelGAN (``mel_l1_db``, the ``best`` metric) and for
+the Griffin-Lim baseline (``griffin_lim_mel_l1_db``), plus audio samples (real, MelGAN, Griffin-Lim).
+
+Configs: ``paper`` (22.05 kHz, hop 256, 80 mels, Adam 1e-4 (0.5, 0.9), λ_fm = 10, GPU), ``course`` (16 kHz,
+the course's mel front end, sized for about 45 minutes on a laptop CPU), ``tiny`` (seconds, for the tests)::
+
+    python -m course_lib.train melgan --config course train.run_dir=runs/melgan
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from course_lib.nn.gan import discriminator_hinge_loss, feature_matching_loss, generator_hinge_loss
+from course_lib.train.config import EvalConfig, OptimConfig, RunConfig
+from course_lib.train.data import segment_samples
+from course_lib.train.errors import ConfigError
+from course_lib.train.families import register_family
+from course_lib.train.families.base import Batch, EvalResult, Family, OptimizerGroup, unwrap_model
+from course_lib.vocoders.griffin_lim import GriffinLimVocoder
+from course_lib.vocoders.melgan import MelGAN, MelGANConfig
+
+NATS_TO_DB = 20.0 / math.log(10.0)
+
+
+@dataclass
+class MelGANLossConfig:
+    """GAN training settings: crop length in samples, feature-matching weight, optional mel-loss weight, and
+    ``disc_start_step``: optimizer steps during which the generator trains on the mel loss alone and the
+    discriminator waits (0 in the paper; Parallel WaveGAN-style warm-up, cheap steps for a CPU run)."""
+
+    segment_samples: int = 8192
+    lambda_fm: float = 10.0
+    lambda_mel: float = 0.0
+    disc_start_step: int = 0
+
+
+@dataclass
+class MelGANEvalConfig(EvalConfig):
+    """Evaluation settings: the best checkpoint is picked by the MelGAN mel distance; Griffin-Lim iterations
+    of the baseline."""
+
+    best_metric: str = "mel_l1_db"
+    griffin_lim_iters: int = 32
+
+
+def _paper_optim() -> OptimConfig:
+    return OptimConfig(lr=1e-4, betas=(0.5, 0.9), weight_decay=0.0, schedule="constant", grad_clip=0.0)
+
+
+@dataclass
+class MelGANRunConfig(RunConfig):
+    """The ``melgan`` run config: ``model`` (architecture), ``gan`` (losses, crops), ``optim`` (generator),
+    ``disc_optim`` (discriminator), and the shared ``data``/``train``/``eval`` sections."""
+
+    model: MelGANConfig = field(default_factory=MelGANConfig)
+    gan: MelGANLossConfig = field(default_factory=MelGANLossConfig)
+    optim: OptimConfig = field(default_factory=_paper_optim)
+    disc_optim: OptimConfig = field(default_factory=_paper_optim)
+    eval: MelGANEvalConfig = field(default_factory=MelGANEvalConfig)
+
+
+def mel_l1(model: MelGAN, audio: torch.Tensor, log_mel: torch.Tensor) -> torch.Tensor:
+    """Mean L1 (nats) between ``log_mel`` ``(B, n_mels, frames)`` and the log-mel of ``audio`` ``(B, 1, T)``."""
+    return F.l1_loss(model.features(audio.float()), log_mel.float())
+
+
+@register_family
+class MelGANFamily(Family):
+    """Builds :class:`MelGAN`; trains discriminator then generator each step; evaluates against Griffin-Lim."""
+
+    name = "melgan"
+    config_class = MelGANRunConfig
+    description = "MelGAN vocoder (log-mel -> audio), GAN-trained; Griffin-Lim baseline in eval"
+
+    def validate(self, config: MelGANRunConfig) -> None:
+        super().validate(config)
+        m, g = config.model, config.gan
+        try:
+            m.validate()
+        except ValueError as err:
+            raise ConfigError(f"model: {err}") from None
+        d = config.disc_optim
+        if d.lr <= 0 or not all(0.0 <= b < 1.0 for b in d.betas) or d.grad_clip < 0 or d.weight_decay < 0:
+            raise ConfigError(f"disc_optim: need lr > 0, betas in [0, 1), grad_clip >= 0, weight_decay >= 0; got {d}")
+        if d.grad_accum != config.optim.grad_accum:
+            raise ConfigError(f"disc_optim.grad_accum ({d.grad_accum}) must equal optim.grad_accum "
+                              f"({config.optim.grad_accum}): both phases share the micro-batches")
+        if g.lambda_fm < 0 or g.lambda_mel < 0:
+            raise ConfigError(f"gan.lambda_fm and gan.lambda_mel must be >= 0, got {g.lambda_fm}, {g.lambda_mel}")
+        if g.disc_start_step < 0:
+            raise ConfigError(f"gan.disc_start_step: must be >= 0, got {g.disc_start_step}")
+        if g.disc_start_step > 0 and g.lambda_mel <= 0:
+            raise ConfigError("gan.disc_start_step > 0 trains the generator on the mel loss alone at first: it needs "
+                              f"gan.lambda_mel > 0, got {g.lambda_mel}")
+        need = max(m.min_frames() * m.hop_length, m.n_fft // 2 + 1, 8 * 2 ** (m.num_scales - 1))
+        if g.segment_samples < need:
+            raise ConfigError(f"gan.segment_samples: must be >= {need} (the generator's {m.min_frames()} mel frames, "
+                              f"half an FFT window, and the discriminator's coarsest scale), got {g.segment_samples}")
+        clip = segment_samples(config.data)
+        if g.segment_samples > clip:
+            raise ConfigError(f"gan.segment_samples ({g.segment_samples}) is longer than the clips the data "
+                              f"delivers (data.clip_seconds x data.sample_rate = {clip} samples)")
+        if config.eval.griffin_lim_iters <= 0:
+            raise ConfigError(f"eval.griffin_lim_iters: must be > 0, got {config.eval.griffin_lim_iters}")
+
+    def build_model(self, model_config: MelGANConfig) -> MelGAN:
+        return MelGAN(model_config)
+
+    def optimizer_groups(self, model: nn.Module, config: MelGANRunConfig) -> list[OptimizerGroup]:
+        return [OptimizerGroup("discriminator", model.discriminator, config.disc_optim, ema=False,
+                               start_step=config.gan.disc_start_step),
+                OptimizerGroup("generator", model.generator, config.optim)]
+
+    def prepare_batch(self, batch: Batch, config: MelGANRunConfig) -> Batch:
+        """Cut one random ``gan.segment_samples`` window from each clip (torch's global RNG)."""
+        audio = batch["audio"]
+        seg, total = config.gan.segment_samples, audio.shape[-1]
+        if total <= seg:
+            return batch
+        starts = torch.randint(0, total - seg + 1, (audio.shape[0],)).tolist()
+        crops = torch.stack([audio[i, :, s:s + seg] for i, s in enumerate(starts)])
+        return {**batch, "audio": crops}
+
+    def loss_step(self, model: nn.Module, batch: Batch, config: MelGANRunConfig, phase: str = "generator",
+                  step: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        bare: MelGAN = unwrap_model(model)
+        audio = batch["audio"]
+        g = config.gan
+        with torch.no_grad(), torch.autocast(audio.device.type, enabled=False):
+            target = bare.features(audio)  # (B, n_mels, frames), fp32, no gradient
+        if phase == "generator" and step is not None and step < g.disc_start_step:  # warm-up: mel loss only
+            fake = model(target)[..., : audio.shape[-1]]
+            with torch.autocast(audio.device.type, enabled=False):
+                mel = mel_l1(bare, fake, target)
+            return g.lambda_mel * mel, {"mel_l1_db": float(mel.detach()) * NATS_TO_DB}
+        out = model(target, audio, phase=phase)  # one forward per phase, so DDP sees it
+        if phase == "discriminator":
+            loss = discriminator_hinge_loss(out.real_logits, out.fake_logits)
+            real = torch.stack([r.detach().float().mean() for r in out.real_logits]).mean()
+            fake = torch.stack([f.detach().float().mean() for f in out.fake_logits]).mean()
+            return loss, {"d_real": float(real), "d_fake": float(fake)}
+        adv = generator_hinge_loss(out.fake_logits)
+        fm = feature_matching_loss(out.real_feats, out.fake_feats)
+        with torch.autocast(audio.device.type, enabled=False):
+            if g.lambda_mel > 0:
+                mel = mel_l1(bare, out.fake, target)
+            else:
+                with torch.no_grad():
+                    mel = mel_l1(bare, out.fake.detach(), target)
+        loss = adv + g.lambda_fm * fm + (g.lambda_mel * mel if g.lambda_mel > 0 else 0.0)
+        return loss, {"g_adv": float(adv.detach()), "feature_matching": float(fm.detach()),
+                      "mel_l1_db": float(mel.detach()) * NATS_TO_DB}
+
+    def evaluate(self, model: nn.Module, batches: Iterable[Batch], config: MelGANRunConfig) -> EvalResult:
+        """Mel L1 (dB) of MelGAN and of Griffin-Lim on the eval clips; audio of the first clips."""
+        model = unwrap_model(model)
+        griffin_lim = GriffinLimVocoder(model.mel_config, n_iter=config.eval.griffin_lim_iters)
+        griffin_lim = griffin_lim.to(next(model.parameters()).device)
+        sums, n, audio = {"mel_l1_db": 0.0, "griffin_lim_mel_l1_db": 0.0}, 0, {}
+        for batch in batches:
+            wav = batch["audio"].float()
+            T = wav.shape[-1]
+            with torch.autocast(wav.device.type, enabled=False):
+                target = model.features(wav)
+                fake = model(target).float()[..., :T]
+                baseline = griffin_lim(target)[..., :T]
+                sums["mel_l1_db"] += float(mel_l1(model, fake, target)) * NATS_TO_DB
+                sums["griffin_lim_mel_l1_db"] += float(mel_l1(model, baseline, target)) * NATS_TO_DB
+            n += 1
+            if not audio and config.eval.num_samples > 0:
+                for i in range(min(config.eval.num_samples, wav.shape[0])):
+                    audio[f"{i}_real"] = wav[i, 0].cpu()
+                    audio[f"{i}_melgan"] = fake[i, 0].cpu()
+                    audio[f"{i}_griffin_lim"] = baseline[i, 0].cpu()
+        metrics = {k: v / max(n, 1) for k, v in sums.items()}
+        return EvalResult(metrics=metrics, audio=audio, sample_rate=config.model.sample_rate)
