@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from course_lib.pretrained import PRETRAINED_DIR, _REGISTRY, _resolve
+from course_lib.pretrained import _REGISTRY, PRETRAINED_DIR, _resolve
 
 
 def publish(run_dir: Path, name: str, command: str, which: str = "last", description: str = "",
