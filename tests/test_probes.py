@@ -99,26 +99,26 @@ def classifier() -> pr.EventClassifier:
 
 
 @pytest.fixture(scope="module")
-def test_clips():
+def fresh_clips():
     return list(se.generate_clips("test", 16 * len(se.EVENT_CLASSES)))  # 192 fresh clips, 16 per class
 
 
-def test_classifier_accuracy_on_test_split(classifier, test_clips):
-    audio = np.stack([c.audio for c in test_clips])
+def test_classifier_accuracy_on_test_split(classifier, fresh_clips):
+    audio = np.stack([c.audio for c in fresh_clips])
     predicted = classifier.predict(audio, SR)
-    accuracy = np.mean([p == c.attributes["class"] for p, c in zip(predicted, test_clips)])
+    accuracy = np.mean([p == c.attributes["class"] for p, c in zip(predicted, fresh_clips)])
     assert accuracy >= 0.95, accuracy
 
 
-def test_count_accuracy_on_test_split(test_clips):
-    countable = [c for c in test_clips if c.attributes["count"] is not None]
+def test_count_accuracy_on_test_split(fresh_clips):
+    countable = [c for c in fresh_clips if c.attributes["count"] is not None]
     assert len(countable) >= 100
     accuracy = np.mean([pr.count_events(c.audio, SR) == c.attributes["count"] for c in countable])
     assert accuracy >= 0.95, accuracy
 
 
-def test_pitch_band_accuracy_on_test_split(test_clips):
-    pitched = [c for c in test_clips if c.attributes["pitch_band"] is not None]
+def test_pitch_band_accuracy_on_test_split(fresh_clips):
+    pitched = [c for c in fresh_clips if c.attributes["pitch_band"] is not None]
     assert len(pitched) >= 70
     estimates = [pr.estimate_pitch(c.audio, SR) for c in pitched]
     accuracy = np.mean([h is not None and pr.pitch_band(h) == c.attributes["pitch_band"]
@@ -135,26 +135,26 @@ def test_tempo_accuracy_on_test_split():
     assert np.mean(np.abs(errors - 1) <= 0.04) >= 0.95, errors
 
 
-def test_adherence(classifier, test_clips):
-    bell = next(c for c in test_clips if c.attributes["class"] == "bell")
+def test_adherence(classifier, fresh_clips):
+    bell = next(c for c in fresh_clips if c.attributes["class"] == "bell")
     checks = pr.adherence(bell.audio, SR, bell.attributes, classifier)
     assert set(checks) == {"class", "count", "pitch_band"} and all(checks.values()), checks
     wrong = dict(bell.attributes, count=bell.attributes["count"] + 1, pitch_band="low" if
                  bell.attributes["pitch_band"] != "low" else "high", **{"class": "dog"})
     assert pr.adherence(bell.audio, SR, wrong, classifier) == {"class": False, "count": False, "pitch_band": False}
-    rain = next(c for c in test_clips if c.attributes["class"] == "rain")
+    rain = next(c for c in fresh_clips if c.attributes["class"] == "rain")
     assert pr.adherence(rain.audio, SR, rain.attributes) == {}  # nothing checkable without a classifier
     song = mu.generate_clip(0, "test")
     assert pr.adherence(song.audio, SR, song.attributes) == {"tempo": True}
 
 
-def test_classifier_save_load_roundtrip(classifier, test_clips, tmp_path):
+def test_classifier_save_load_roundtrip(classifier, fresh_clips, tmp_path):
     classifier.save(tmp_path / "clf")
     loaded = pr.EventClassifier.load(tmp_path / "clf")
     assert loaded.config == classifier.config
     for key, value in classifier.state_dict().items():
         assert torch.equal(value, loaded.state_dict()[key]), key
-    audio = np.stack([c.audio for c in test_clips[:6]])
+    audio = np.stack([c.audio for c in fresh_clips[:6]])
     assert torch.equal(classifier.embed(audio, SR), loaded.embed(audio, SR))
     assert classifier.embed(audio, SR).shape == (6, classifier.config.embed_dim)
     assert loaded.predict(audio[0], SR) == classifier.predict(audio[0], SR)
@@ -163,8 +163,8 @@ def test_classifier_save_load_roundtrip(classifier, test_clips, tmp_path):
         pr.EventClassifier.load(tmp_path / "nothing")
 
 
-def test_classifier_accepts_other_rates(classifier, test_clips):
-    clip = test_clips[1]
+def test_classifier_accepts_other_rates(classifier, fresh_clips):
+    clip = fresh_clips[1]
     from course_lib.audio import resample
 
     up = resample(torch.from_numpy(clip.audio), SR, 22050).numpy()
