@@ -45,6 +45,7 @@ from torch import nn
 
 from course_lib.audio import MelConfig, MelSpectrogram
 from course_lib.quantize import QuantizerOutput, VectorQuantizer
+from course_lib.vocoders.griffin_lim import griffin_lim  # the course's one Griffin-Lim (re-exported)
 
 LOG_AMIN = 1e-5  # floor of course_lib.audio.log_mel: log(1e-5) ≈ −11.5 is "silence"
 LOG_FLOOR = math.log(LOG_AMIN)
@@ -387,26 +388,3 @@ def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, kind: str = "
     if kind == "mse":
         return F.mse_loss(recon.float(), target.float())
     raise ValueError(f"kind: expected 'l1' or 'mse', got {kind!r}")
-
-
-@torch.no_grad()
-def griffin_lim(log_mel: torch.Tensor, mel_config: MelConfig, n_iter: int = 32, length: int | None = None
-                ) -> torch.Tensor:
-    """Audio ``(B, T)`` from a natural-log magnitude mel ``(B, n_mels, frames)`` made with ``mel_config``.
-
-    ``exp(log_mel)`` is mapped back to a linear-frequency magnitude by least squares against the same
-    Slaney filter bank (torchaudio ``InverseMelScale``), then ``n_iter`` Griffin-Lim iterations (Griffin &
-    Lim 1984; zero initial phase, so deterministic) estimate a phase. ``T = length`` if given. A simple
-    inverse for listening; lesson 03's MelGAN vocoder is the real one.
-    """
-    import torchaudio.transforms as T
-
-    if log_mel.dim() == 2:
-        log_mel = log_mel[None]
-    mag_mel = torch.exp(log_mel.float())
-    inv = T.InverseMelScale(n_stft=mel_config.n_fft // 2 + 1, n_mels=mel_config.n_mels,
-                            sample_rate=mel_config.sample_rate, f_min=mel_config.f_min, f_max=mel_config.f_max,
-                            norm="slaney", mel_scale="slaney").to(mag_mel.device)
-    gl = T.GriffinLim(n_fft=mel_config.n_fft, n_iter=n_iter, hop_length=mel_config.hop_length, power=1.0,
-                      length=length, rand_init=False).to(mag_mel.device)
-    return gl(inv(mag_mel).clamp_min(0.0)).clamp(-1.0, 1.0)

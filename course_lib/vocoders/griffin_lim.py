@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from course_lib.audio import MelConfig, mel_filterbank
 from course_lib.vocoders.melgan import check_log_mel
 
-__all__ = ["GriffinLimVocoder"]
+__all__ = ["GriffinLimVocoder", "griffin_lim"]
 
 
 class GriffinLimVocoder(nn.Module):
@@ -64,3 +64,16 @@ class GriffinLimVocoder(nn.Module):
         self.griffin_lim.length = frames * self.hop_length - 1
         audio = self.griffin_lim(self.magnitude(log_mel))
         return torch.nn.functional.pad(audio.clamp(-1.0, 1.0), (0, 1))[:, None]
+
+
+def griffin_lim(log_mel: Tensor, mel_config: MelConfig, n_iter: int = 32, length: int | None = None) -> Tensor:
+    """Functional form of :class:`GriffinLimVocoder` for listening: log-mel ``(B, n_mels, frames)`` or
+    ``(n_mels, frames)`` → audio ``(B, T)``, with ``T = length`` if given (cropped or zero-padded) else
+    ``frames · hop_length``. The models' ``to_audio`` methods call this, so the course has one Griffin-Lim."""
+    if log_mel.dim() == 2:
+        log_mel = log_mel[None]
+    vocoder = GriffinLimVocoder(mel_config, n_iter=n_iter).to(log_mel.device)
+    audio = vocoder(log_mel)[:, 0]
+    if length is not None:
+        audio = audio[..., :length] if audio.shape[-1] >= length else nn.functional.pad(audio, (0, length - audio.shape[-1]))
+    return audio

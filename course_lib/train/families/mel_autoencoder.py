@@ -156,21 +156,11 @@ class MelAutoencoder(nn.Module):
 
     @torch.no_grad()
     def to_audio(self, log_mel: torch.Tensor, n_iter: int = 32, length: int | None = None) -> torch.Tensor:
-        """Griffin-Lim: log-mel ``(B, n_mels, frames)`` → audio ``(B, T)`` (``T = length`` if given).
+        """Griffin-Lim: log-mel ``(B, n_mels, frames)`` → audio ``(B, T)`` (``T = length`` if given), through
+        :func:`course_lib.vocoders.griffin_lim.griffin_lim` (filter-bank pseudo-inverse, zero initial phase)."""
+        from course_lib.vocoders.griffin_lim import griffin_lim
 
-        The mel magnitude ``exp(log_mel)`` is mapped back to a linear magnitude spectrogram by least squares
-        against the same Slaney filter bank (``InverseMelScale``), then ``n_iter`` Griffin-Lim iterations
-        (zero initial phase, so the result is deterministic) estimate a phase.
-        """
-        import torchaudio.transforms as T
-
-        cfg = self.config
-        mag_mel = torch.exp(log_mel.float())
-        inv = T.InverseMelScale(n_stft=cfg.n_fft // 2 + 1, n_mels=cfg.n_mels, sample_rate=cfg.sample_rate,
-                                norm="slaney", mel_scale="slaney").to(mag_mel.device)
-        gl = T.GriffinLim(n_fft=cfg.n_fft, n_iter=n_iter, hop_length=cfg.hop_length, power=1.0, length=length,
-                          rand_init=False).to(mag_mel.device)
-        return gl(inv(mag_mel).clamp_min(0.0)).clamp(-1.0, 1.0)
+        return griffin_lim(log_mel, self.config.mel_config(), n_iter=n_iter, length=length)
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Write ``model.safetensors`` and ``config.json`` (the model config) into ``folder``."""
