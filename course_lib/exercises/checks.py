@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 RESULTS_ENV = "COURSE_GRADER_RESULTS"
 DEFAULT_TIME_LIMIT = 4.0  # seconds for a whole check; the course's budget for a check is 5 s
 PASS_MARK, FAIL_MARK = "✅", "❌"
@@ -38,6 +40,20 @@ PASS_MARK, FAIL_MARK = "✅", "❌"
 
 class WrongAnswer(Exception):
     """Raised by a checker when the student's answer is wrong; the message is the hint shown to them."""
+
+
+def seeded(seed: int) -> torch.Generator:
+    """A fresh CPU generator: check inputs are reproducible, so a hint refers to the same numbers each run."""
+    return torch.Generator().manual_seed(seed)
+
+
+def expect_tensor(value: object, fn_name: str, what: str = "a torch.Tensor") -> torch.Tensor:
+    """The student's return value as a tensor, or a :class:`WrongAnswer` saying what came back instead."""
+    if value is None:
+        raise WrongAnswer(f"{fn_name} returned None: did you forget the `return` statement?")
+    if not isinstance(value, torch.Tensor):
+        raise WrongAnswer(f"{fn_name} should return {what}, got {type(value).__name__}")
+    return value
 
 
 class _StudentRaised(Exception):

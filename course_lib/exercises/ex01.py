@@ -14,24 +14,12 @@ from collections.abc import Callable
 
 import torch
 
-from course_lib.exercises.checks import CheckContext, WrongAnswer, register_task
+from course_lib.exercises.checks import CheckContext, WrongAnswer, expect_tensor, register_task, seeded
 from course_lib.quantize import laplace_smoothing, nearest_code, perplexity
 
 LESSON = "01_vq_vae"
 
 __all__ = ["LESSON", "reference_ema_update", "reference_vq_loss"]
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _tensor(value: object, fn_name: str, what: str = "a torch.Tensor") -> torch.Tensor:
-    if value is None:
-        raise WrongAnswer(f"{fn_name} returned None: did you forget the `return` statement?")
-    if not isinstance(value, torch.Tensor):
-        raise WrongAnswer(f"{fn_name} should return {what}, got {type(value).__name__}")
-    return value
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -40,7 +28,7 @@ def _tensor(value: object, fn_name: str, what: str = "a torch.Tensor") -> torch.
 
 
 def _nearest_cases() -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = _gen(1)
+    g = seeded(1)
     hand = (torch.tensor([[0.4], [0.6], [7.0], [-3.0]]), torch.tensor([[0.0], [1.0], [10.0]]))
     scaled = torch.randn(12, 4, generator=g) * torch.linspace(0.2, 3.0, 12)[:, None]  # codes of very different norms
     return [hand, (torch.randn(64, 4, generator=g), scaled), (torch.randn(500, 8, generator=g) * 2,
@@ -53,7 +41,7 @@ def check_nearest_code_impl(ctx: CheckContext, fn: Callable) -> None:
     for z, codebook in _nearest_cases():
         expected = nearest_code(z, codebook)
         z_in, cb_in = z.clone(), codebook.clone()
-        got = _tensor(ctx.call(fn, z_in, cb_in), "nearest_code", "a tensor of code indices")
+        got = expect_tensor(ctx.call(fn, z_in, cb_in), "nearest_code", "a tensor of code indices")
         where = f"for z of shape {tuple(z.shape)} and a codebook of shape {tuple(codebook.shape)}"
         if not (torch.equal(z_in, z) and torch.equal(cb_in, codebook)):
             raise WrongAnswer(f"{where} your function changed its inputs in place; compute on new tensors")
@@ -91,11 +79,11 @@ def check_nearest_code_impl(ctx: CheckContext, fn: Callable) -> None:
                hint_on_error="one line: z plus a detached difference (z_q − z).")
 def check_straight_through_impl(ctx: CheckContext, fn: Callable) -> None:
     """``fn(z, z_q)``: forward value ``z_q``; the gradient w.r.t. ``z`` is the identity; none reaches ``z_q``."""
-    g = _gen(2)
+    g = seeded(2)
     for shape in [(2, 3, 5), (4, 8)]:
         z = torch.randn(*shape, generator=g, requires_grad=True)
         codebook_out = torch.randn(*shape, generator=g).requires_grad_(True)  # stands for e_{k*}: a leaf with grad
-        got = _tensor(ctx.call(fn, z, codebook_out), "straight_through")
+        got = expect_tensor(ctx.call(fn, z, codebook_out), "straight_through")
         where = f"for inputs of shape {shape}"
         if got.shape != z.shape:
             raise WrongAnswer(f"{where} expected an output of the same shape, got {tuple(got.shape)}")
@@ -141,11 +129,11 @@ def _grads(loss: torch.Tensor, z: torch.Tensor, z_q: torch.Tensor) -> tuple[torc
                hint_on_error="two mean squared errors, each with one side detached, β on the commitment term.")
 def check_vq_loss_impl(ctx: CheckContext, fn: Callable) -> None:
     """``fn(z, z_q, beta)`` → scalar; value and gradients compared with :func:`reference_vq_loss`."""
-    g = _gen(3)
+    g = seeded(3)
     for shape, beta in [((2, 4, 6), 0.25), ((3, 5), 0.5)]:
         z = torch.randn(*shape, generator=g, requires_grad=True)
         z_q = torch.randn(*shape, generator=g, requires_grad=True)
-        got = _tensor(ctx.call(fn, z, z_q, beta), "vq_loss", "a scalar tensor")
+        got = expect_tensor(ctx.call(fn, z, z_q, beta), "vq_loss", "a scalar tensor")
         where = f"for z, z_q of shape {shape} and beta={beta}"
         if got.numel() != 1:
             raise WrongAnswer(f"{where} expected a scalar (one number), got shape {tuple(got.shape)}: take the mean")
@@ -202,7 +190,7 @@ def _ema_cases() -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.T
     # hand case: 3 codes of dim 1, code 2 has never been used (count 0): needs the smoothing
     hand = (torch.tensor([2.0, 1.0, 0.0]), torch.tensor([[2.0], [10.0], [0.0]]),
             torch.tensor([[1.0], [2.0], [9.0]]), torch.tensor([0, 0, 1]), 0.5, 0.1)
-    g = _gen(4)
+    g = seeded(4)
     k, d, n = 8, 3, 40
     size = torch.rand(k, generator=g) * 5
     size[5] = 0.0
@@ -226,7 +214,7 @@ def check_ema_update_impl(ctx: CheckContext, fn: Callable) -> None:
         if not isinstance(out, (tuple, list)) or len(out) != 3:
             raise WrongAnswer(f"{where} expected a tuple (new_cluster_size, new_embed_sum, new_codebook), got "
                               f"{type(out).__name__}")
-        got_size, got_sum, got_code = (_tensor(t, "ema_update") for t in out)
+        got_size, got_sum, got_code = (expect_tensor(t, "ema_update") for t in out)
         exp_size, exp_sum, exp_code = reference_ema_update(cluster_size, embed_sum, z, codes, decay, eps)
         counts = torch.bincount(codes, minlength=cluster_size.shape[0]).float()
         if got_size.shape != exp_size.shape or not torch.allclose(got_size.float(), exp_size, atol=1e-5):
@@ -270,7 +258,7 @@ def check_ema_update_impl(ctx: CheckContext, fn: Callable) -> None:
 
 
 def _perplexity_cases() -> list[tuple[torch.Tensor, int]]:
-    g = _gen(5)
+    g = seeded(5)
     skewed = torch.cat([torch.zeros(60, dtype=torch.long), torch.randint(0, 16, (40,), generator=g)])
     return [(torch.zeros(10, dtype=torch.long), 8), (torch.arange(8).repeat(4), 8),
             (torch.tensor([0, 0, 1, 2]), 16), (skewed.reshape(2, 5, 10), 16)]

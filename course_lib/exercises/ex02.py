@@ -18,24 +18,12 @@ from collections.abc import Callable, Sequence
 import torch
 import torchaudio.functional as AF
 
-from course_lib.exercises.checks import CheckContext, WrongAnswer, register_task
+from course_lib.exercises.checks import CheckContext, WrongAnswer, expect_tensor, register_task, seeded
 from course_lib.quantize import nearest_code
 
 LESSON = "02_neural_codec"
 
 __all__ = ["LESSON", "reference_mr_stft_loss", "reference_rvq_encode"]
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _tensor(value: object, fn_name: str, what: str = "a torch.Tensor") -> torch.Tensor:
-    if value is None:
-        raise WrongAnswer(f"{fn_name} returned None: did you forget the `return` statement?")
-    if not isinstance(value, torch.Tensor):
-        raise WrongAnswer(f"{fn_name} should return {what}, got {type(value).__name__}")
-    return value
 
 
 def _number(value: object, fn_name: str) -> float:
@@ -117,7 +105,7 @@ def reference_rvq_encode(z: torch.Tensor, codebooks: torch.Tensor) -> torch.Tens
 def _rvq_cases() -> list[tuple[torch.Tensor, torch.Tensor]]:
     hand_z = torch.tensor([[[4.9, 7.2, -0.6]]])  # (1, 1, 3)
     hand_books = torch.tensor([[[0.0], [4.0], [8.0]], [[-1.0], [0.0], [1.0]]])  # (2, 3, 1)
-    g = _gen(2)
+    g = seeded(2)
     scales = torch.tensor([1.0, 0.5, 0.25, 0.125])[:, None, None]  # later stages refine: smaller codes
     books = torch.randn(4, 16, 8, generator=g) * scales
     z = torch.randn(2, 8, 40, generator=g)
@@ -147,7 +135,7 @@ def check_rvq_encode_impl(ctx: CheckContext, fn: Callable) -> None:
     for z, books in _rvq_cases():
         expected = reference_rvq_encode(z, books)
         z_in, books_in = z.clone(), books.clone()
-        got = _tensor(ctx.call(fn, z_in, books_in), "rvq_encode", "a tensor of code indices")
+        got = expect_tensor(ctx.call(fn, z_in, books_in), "rvq_encode", "a tensor of code indices")
         b, d, t = z.shape
         k = books.shape[0]
         where = f"for z of shape {(b, d, t)} and codebooks of shape {tuple(books.shape)}"
@@ -234,7 +222,7 @@ def reference_mr_stft_loss(estimate: torch.Tensor, target: torch.Tensor, fft_siz
 
 
 def _mr_stft_cases() -> list[tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]]:
-    g = _gen(3)
+    g = seeded(3)
     t = torch.arange(4000) / 16_000
     target = 0.5 * torch.sin(2 * math.pi * 440 * t)[None].repeat(2, 1) + 0.01 * torch.randn(2, 4000, generator=g)
     estimate = target + 0.05 * torch.randn(2, 4000, generator=g)
@@ -284,7 +272,7 @@ def check_mr_stft_loss_impl(ctx: CheckContext, fn: Callable) -> None:
 
 
 def _mu_law_cases() -> list[tuple[torch.Tensor, int]]:
-    g = _gen(4)
+    g = seeded(4)
     ramp = torch.linspace(-1, 1, 2001)
     speechy = (torch.randn(4000, generator=g) * 0.05).clamp(-1, 1)  # mostly quiet samples: where μ-law shines
     return [(ramp, 255), (speechy, 255), (torch.tensor([-1.0, -0.5, 0.0, 1e-4, 0.5, 1.0]), 15)]
@@ -305,7 +293,7 @@ def check_mu_law_encode_impl(ctx: CheckContext, fn: Callable) -> None:
     for x, mu in _mu_law_cases():
         expected = AF.mu_law_encoding(x, mu + 1)
         x_in = x.clone()
-        got = _tensor(ctx.call(fn, x_in, mu), "mu_law_encode", "a tensor of levels")
+        got = expect_tensor(ctx.call(fn, x_in, mu), "mu_law_encode", "a tensor of levels")
         where = f"for {x.numel()} samples with mu={mu}"
         _unchanged((x,), (x_in,), where)
         if got.shape != expected.shape:
