@@ -305,3 +305,33 @@ def test_adversarial_training_steps_both_optimizers(tmp_path):
     ema = load_from_run(tmp_path / "gan", "ema")
     assert all(torch.equal(a, b) for a, b in zip(ema.discriminator.state_dict().values(),
                                                  trained.discriminator.state_dict().values()))  # not averaged
+
+
+# ---- the autoencoder warm-up (quantizer bypassed) --------------------------------------------------------
+
+
+def test_unquantized_forward_decodes_the_latent_and_leaves_the_codebooks_alone():
+    codec = tiny_codec().train()
+    x = clip()
+    before = {k: v.clone() for k, v in codec.quantizer.state_dict().items()}
+    recon, q = codec(x, quantize=False)
+    assert recon.shape == x.shape and q.codes.shape == (2, 0, codec.num_frames(x.shape[-1]))
+    assert float(q.loss) == 0.0
+    z = codec.encode_latent(x)
+    assert torch.equal(q.quantized, z) and torch.allclose(recon, codec.decoder(z)[..., : x.shape[-1]])
+    after = codec.quantizer.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "the warm-up must not touch the codebooks"
+
+
+def test_warmup_steps_train_without_the_quantizer_then_switch_it_on(tmp_path):
+    family = get_family("codec")
+    cfg = family.load_config("tiny", [f"train.run_dir={tmp_path / 'run'}", "train.log_every=1", "train.max_steps=4",
+                                      "loss.autoencoder_warmup_steps=2", *FAST])
+    model = family.build_model(cfg.model).train()
+    batch = {"audio": clip(2, 16000)}
+    _, logs = family.loss_step(model, batch, cfg, step=1)
+    assert "perplexity" not in logs and logs["vq"] == 0.0  # step 1 < 2: bypassed
+    _, logs = family.loss_step(model, batch, cfg, step=2)
+    assert "perplexity" in logs  # quantizer on (k-means initialised now, on the warmed-up latents)
+    with pytest.raises(ConfigError, match="autoencoder_warmup_steps"):
+        family.load_config("tiny", ["loss.autoencoder_warmup_steps=-1"])

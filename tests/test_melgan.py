@@ -201,3 +201,26 @@ def test_mel_loss_gradient_reaches_the_generator():
     torch.nn.functional.l1_loss(model.features(fake), target).backward()
     assert all(p.grad is not None for p in model.generator.parameters())
     assert all(p.grad is None for p in model.discriminator.parameters())
+
+
+def test_mel_loss_floor_ignores_differences_below_top_db_and_matches_the_course_metric():
+    from course_lib.metrics import log_mel_distance_db
+    from course_lib.train.families.melgan import NATS_TO_DB, mel_l1
+
+    model = MelGAN(TINY)
+    audio = torch.cat([tone(0.25), torch.zeros(1, 1, 4000)], dim=-1)  # a tone, then digital silence
+    hiss = audio + 3e-4 * torch.randn(audio.shape, generator=torch.Generator().manual_seed(0))
+    target = model.features(audio)
+    plain, floored = float(mel_l1(model, hiss, target)), float(mel_l1(model, hiss, target, top_db=80.0))
+    assert plain * NATS_TO_DB > 8.0 and floored * NATS_TO_DB < 1.5  # the hiss: far above −100 dB, ~−80 dB
+    assert float(mel_l1(model, audio, target, top_db=80.0)) == 0.0
+    metric = float(log_mel_distance_db(hiss, audio, model.mel_config))
+    assert math.isclose(floored * NATS_TO_DB, metric, rel_tol=1e-4)
+
+
+def test_mel_top_db_must_be_positive():
+    from course_lib.train import ConfigError, get_family
+
+    with pytest.raises(ConfigError, match="mel_top_db"):
+        get_family("melgan").load_config("tiny", ["gan.mel_top_db=0"])
+    assert get_family("melgan").load_config("tiny", ["gan.mel_top_db=80"]).gan.mel_top_db == 80.0

@@ -140,3 +140,15 @@ def test_family_registry():
     assert "mel_autoencoder" in list_families()
     with pytest.raises(ConfigError, match="unknown family 'mel_autoencodr' \\(did you mean mel_autoencoder\\?\\)"):
         get_family("mel_autoencodr")
+
+
+def test_generated_mixed_source_is_half_sound_events_half_music():
+    from course_lib.train.config import DataConfig
+    from course_lib.train.data import build_dataset
+
+    data = DataConfig(source="generated:mixed", sample_rate=16_000, clip_seconds=1.0, train_size=6, eval_size=4)
+    train_set, eval_set = build_dataset(data, "train"), build_dataset(data, "valid")
+    assert len(train_set) == 6 and len(eval_set) == 4 and train_set.sample_rate == 16_000
+    kinds = [eval_set[i]["attributes"].get("instrument") is not None for i in range(4)]
+    assert kinds == [False, False, True, True]  # sound events first, then music
+    assert eval_set[0]["audio"].shape == (1, 16000)

@@ -243,16 +243,23 @@ class Codec(nn.Module):
                              f"{self.config.n_q}, got {got}")
         return self.decoder(self.quantizer.decode(codes))
 
-    def forward(self, wav: torch.Tensor, n_q: int | None = None,
-                sample_rate: int | None = None) -> tuple[torch.Tensor, QuantizerOutput]:
+    def forward(self, wav: torch.Tensor, n_q: int | None = None, sample_rate: int | None = None,
+                quantize: bool = True) -> tuple[torch.Tensor, QuantizerOutput]:
         """Training/analysis pass: audio ``(B, C, T)`` → ``(reconstruction (B, C, T), QuantizerOutput)``.
 
         ``n_q`` fixes the number of codebooks (default: all, or random with quantizer dropout in training).
         In training mode the codebooks are updated (EMA, k-means init, dead-code restarts).
+        ``quantize=False`` decodes the continuous latent instead (a plain autoencoder, the quantizer untouched:
+        the quality ceiling the codebooks approach, and the course's warm-up before k-means init); the
+        returned output then has ``quantized = z``, no codes (``(B, 0, frames)``) and a zero loss.
         """
         self._check_audio(wav, sample_rate, "forward")
         length = wav.shape[-1]
         z = self.encoder(self._pad(wav))
+        if not quantize:
+            codes = torch.zeros(z.shape[0], 0, z.shape[-1], dtype=torch.long, device=z.device)
+            q = QuantizerOutput(quantized=z, codes=codes, loss=z.new_zeros(()))
+            return self.decoder(z)[..., :length], q
         q = self.quantizer(z, n_q)
         recon = self.decoder(q.quantized)
         return recon[..., :length], q

@@ -48,8 +48,8 @@ _NONE = {"none", "null", "~", ""}
 class DataConfig:
     """Where the audio comes from and how it is batched.
 
-    ``source`` is one of ``"generated:sound_events"`` / ``"generated:music"`` (the course's synthetic
-    captioned sets; ``train_size``/``eval_size`` clips each), ``"hub:<name>"`` (a Hugging Face dataset
+    ``source`` is one of ``"generated:sound_events"`` / ``"generated:music"`` / ``"generated:mixed"`` (the
+    course's synthetic captioned sets, mixed = half each; ``train_size``/``eval_size`` clips), ``"hub:<name>"`` (a Hugging Face dataset
     read through ``datasets``), ``"py:<module>:<function>"`` (your own factory, called as
     ``function(data_config, split, seed)`` and returning a map-style dataset), or anything else, read as a
     local audiofolder or metadata table (``.csv``/``.jsonl``/``.parquet``), which must exist. ``eval_source`` defaults to the same source's
@@ -206,9 +206,9 @@ def check_data_source(key: str, source: str) -> None:
     """Check a ``data.source`` string: known ``generated:`` kind, ``hub:``/``py:`` form, or an existing folder."""
     if source.startswith("generated:"):
         kind = source.split(":", 1)[1]
-        if kind not in ("sound_events", "music"):
-            raise ConfigError(f"{key}: unknown generated set {kind!r}; expected 'generated:sound_events' "
-                              f"or 'generated:music'")
+        if kind not in ("sound_events", "music", "mixed"):
+            raise ConfigError(f"{key}: unknown generated set {kind!r}; expected 'generated:sound_events', "
+                              f"'generated:music' or 'generated:mixed'")
     elif source.startswith("hub:"):
         if not source[4:]:
             raise ConfigError(f"{key}: 'hub:' needs a dataset name, e.g. 'hub:user/my_audiofolder'")

@@ -1,7 +1,8 @@
 """From ``data.source`` to a checked map-style dataset of ``{"audio": (1, T), "caption", "attributes", "id"}``.
 
 Sources (see :class:`~course_lib.train.config.DataConfig`): ``generated:<kind>`` builds
-``course_lib.data.torch_dataset.GeneratedDataset`` (synthesised on the fly, no files); a local folder or
+``course_lib.data.torch_dataset.GeneratedDataset`` (synthesised on the fly, no files; ``generated:mixed`` is
+half sound events, half music); a local folder or
 table and ``hub:<name>`` build ``CaptionedAudioDataset`` (which reads the course exports, any audiofolder,
 Clotho/AudioCaps tables or a Hugging Face dataset, decoding lazily); ``py:<module>:<function>`` calls your
 own factory. Every clip is cut or zero-padded to ``round(clip_seconds * sample_rate)`` samples.
@@ -19,18 +20,45 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from course_lib.train.config import DataConfig
 from course_lib.train.errors import ConfigError, TrainingError
 
 TRAIN_SPLIT = "train"
 EVAL_SPLIT = "valid"
+MIXED_SOURCE = "generated:mixed"
 
 
 def segment_samples(data: DataConfig) -> int:
     """Length of every training clip in samples: ``round(clip_seconds * sample_rate)``."""
     return int(round(data.clip_seconds * data.sample_rate))
+
+
+class _MixedDataset(ConcatDataset):
+    """Sound events then music, concatenated; forwards ``set_epoch`` and declares its ``sample_rate``."""
+
+    def __init__(self, parts: list[Dataset], sample_rate: int) -> None:
+        super().__init__(parts)
+        self.sample_rate = sample_rate
+
+    def set_epoch(self, epoch: int) -> None:
+        for part in self.datasets:
+            if hasattr(part, "set_epoch"):
+                part.set_epoch(epoch)
+
+
+def mixed_generated(data: DataConfig, split: str, seed: int = 0) -> Dataset:
+    """``data.source=generated:mixed``: half generated sound events, half generated music
+    (``data.train_size`` / ``data.eval_size`` clips in all), ``(1, T)`` at ``data.sample_rate``."""
+    from course_lib.data.torch_dataset import GeneratedDataset
+
+    size = data.train_size if split == "train" else data.eval_size
+    n_music = size // 2
+    parts = [GeneratedDataset(kind, split, size=n, clip_seconds=data.clip_seconds, sample_rate=data.sample_rate,
+                              segment_samples=segment_samples(data), random_crop=False, seed=seed)
+             for kind, n in (("sound_events", size - n_music), ("music", n_music)) if n > 0]
+    return _MixedDataset(parts, data.sample_rate)
 
 
 def build_dataset(data: DataConfig, split: str, seed: int = 0) -> Dataset:
@@ -44,6 +72,8 @@ def build_dataset(data: DataConfig, split: str, seed: int = 0) -> Dataset:
     key = "data.eval_source" if (split != TRAIN_SPLIT and data.eval_source) else "data.source"
     seg = segment_samples(data)
     train = split == TRAIN_SPLIT
+    if source == MIXED_SOURCE:
+        return mixed_generated(data, split, seed)
     if source.startswith("generated:"):
         from course_lib.data.torch_dataset import GeneratedDataset
 

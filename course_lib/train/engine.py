@@ -14,8 +14,8 @@ each group has its own AdamW, LR schedule, gradient clipping and fp16 ``GradScal
 ``ema``. The logged ``loss`` is the last phase's; every phase's loss, gradient norm and LR are logged as
 ``train/loss_<group>``, ``train/grad_norm_<group>``, ``train/lr_<group>``. A group with ``start_step`` > 0 sits
 out the steps before it (a discriminator that joins after a generator warm-up; its LR schedule counts its own
-steps). A multi-group family's ``loss_step`` gets ``phase=<group>`` and, if it accepts one, ``step=<the
-0-based optimizer step being computed>``. Under DDP the model is wrapped once, with
+steps). A multi-group family's ``loss_step`` gets ``phase=<group>``; any family's ``loss_step`` that accepts
+a ``step`` argument gets ``step=<the 0-based optimizer step being computed>`` (for warm-ups). Under DDP the model is wrapped once, with
 ``find_unused_parameters=True``. Single-optimizer families train exactly as before.
 
 Resume policy (``resume=``, or the command line's ``--resume`` / ``--no-resume``):
@@ -676,7 +676,7 @@ class Trainer:
         accum = cfg.optim.grad_accum
         optimizer, scaler = self.optimizers[group.name], self.scalers[group.name]
         kwargs: dict[str, Any] = {} if phase is None else {"phase": phase}
-        if phase is not None and self._loss_takes_step:
+        if self._loss_takes_step:
             kwargs["step"] = self.step
         step_loss = 0.0
         self.model.zero_grad(set_to_none=True)  # a generator phase also leaves gradients on the discriminator

@@ -17,7 +17,8 @@ phases per step (the engine's optimizer groups): the discriminator with the hing
 :class:`CodecGAN` holding ``.codec`` and ``.discriminator``; :func:`codec_of` returns the codec either way.
 The tiny config and the lesson's quick path leave it off (reconstruction losses only).
 
-Evaluation: ``mel_distance`` (ℓ_f), ``si_sdr`` (dB), ``waveform_l1``, code ``perplexity`` and, for each
+Evaluation: ``mel_distance`` (ℓ_f), ``si_sdr`` (dB), ``waveform_l1``, code ``perplexity``,
+``mel_distance_unquantized`` (the decoder fed the continuous latent: the ceiling) and, for each
 ``n`` in ``eval.n_q_levels`` (default every 1..n_q), ``mel_distance_q{n}`` / ``si_sdr_q{n}`` decoded from the
 first ``n`` codebooks; audio samples of the input and of the reconstructions at all and at 1 codebook.
 
@@ -77,7 +78,13 @@ class CodecModelConfig(CodecConfig):
 @dataclass
 class CodecLossConfig:
     """Loss weights (audiocraft: ``l1`` 0.1, ``mel`` (msspec) 2, ``adv`` 4, ``feat`` 4) and the multi-scale mel
-    loss's scales (``mel_n_ffts``, hop n_fft / 4), bands (``mel_n_mels``, from ``mel_f_min`` Hz)."""
+    loss's scales (``mel_n_ffts``, hop n_fft / 4), bands (``mel_n_mels``, from ``mel_f_min`` Hz).
+
+    ``autoencoder_warmup_steps`` = N > 0 (0 in EnCodec; the course config uses it) trains the first N steps
+    without the quantizer: the encoder's latent goes straight to the decoder, and the codebooks are left
+    alone. Their k-means initialisation then runs on latents that already describe the sound, which skips the
+    long collapsed start (perplexity near 1, mel distance stuck) that a short CPU run otherwise spends a third
+    of its steps in."""
 
     l1: float = 0.1
     mel: float = 2.0
@@ -86,6 +93,7 @@ class CodecLossConfig:
     mel_n_ffts: tuple[int, ...] = MSSPEC_N_FFTS
     mel_n_mels: int = 64
     mel_f_min: float = 64.0
+    autoencoder_warmup_steps: int = 0
 
 
 @dataclass
@@ -144,15 +152,15 @@ class CodecGAN(nn.Module):
         self.codec = codec
         self.discriminator = discriminator
 
-    def forward(self, wav: torch.Tensor, phase: str) -> dict[str, Any]:
+    def forward(self, wav: torch.Tensor, phase: str, quantize: bool = True) -> dict[str, Any]:
         if phase == "discriminator":
             with torch.no_grad(), _frozen_quantizer(self.codec):
-                recon, _ = self.codec(wav)
+                recon, _ = self.codec(wav, quantize=quantize)
             real_logits, _ = self.discriminator(wav)
             fake_logits, _ = self.discriminator(recon.detach())
             return {"real_logits": real_logits, "fake_logits": fake_logits}
         if phase == "generator":
-            recon, q = self.codec(wav)
+            recon, q = self.codec(wav, quantize=quantize)
             fake_logits, fake_fmaps = self.discriminator(recon)
             with torch.no_grad():
                 _, real_fmaps = self.discriminator(wav)
@@ -219,6 +227,8 @@ class CodecFamily(Family):
             if samples < n:
                 raise ConfigError(f"data.clip_seconds={config.data.clip_seconds} gives {samples} samples, fewer "
                                   f"than the {n} that {what} needs")
+        if loss.autoencoder_warmup_steps < 0:
+            raise ConfigError(f"loss.autoencoder_warmup_steps: must be >= 0, got {loss.autoencoder_warmup_steps}")
         bad = [n for n in config.eval.n_q_levels if not 1 <= n <= m.n_q]
         if bad:
             raise ConfigError(f"eval.n_q_levels: every level must be in [1, model.n_q={m.n_q}], got {bad}")
@@ -252,17 +262,19 @@ class CodecFamily(Family):
         l1 = waveform_l1(recon, audio)
         mel = self.mel_loss(config, audio.device)(recon, audio)
         total = config.loss.l1 * l1 + config.loss.mel * mel + q.loss
-        logs = {"l1": float(l1.detach()), "mel": float(mel.detach()), "vq": float(q.loss.detach()),
-                "perplexity": float(q.metrics["perplexity"]), "dead_codes": float(q.metrics["dead_codes"])}
+        logs = {"l1": float(l1.detach()), "mel": float(mel.detach()), "vq": float(q.loss.detach())}
+        if q.metrics:  # empty while the quantizer is bypassed (warm-up)
+            logs.update(perplexity=float(q.metrics["perplexity"]), dead_codes=float(q.metrics["dead_codes"]))
         return total, logs
 
     def loss_step(self, model: nn.Module, batch: Batch, config: CodecRunConfig,
-                  phase: str | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                  phase: str | None = None, step: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         audio = batch["audio"].float()
+        quantize = step is None or step >= config.loss.autoencoder_warmup_steps
         if phase is None:
-            recon, q = model(audio)
+            recon, q = model(audio, quantize=quantize)
             return self._reconstruction(recon, audio, q, config)
-        out = model(audio, phase)
+        out = model(audio, phase, quantize=quantize)
         if phase == "discriminator":
             loss = discriminator_hinge_loss(out["real_logits"], out["fake_logits"])
             return loss, {"d_hinge": float(loss.detach())}
@@ -286,6 +298,8 @@ class CodecFamily(Family):
             z = codec.encode_latent(audio)
             recon = {}
             metrics: dict[str, float] = {}
+            ceiling = codec.decoder(z)[..., :length].float()  # no quantization: what the codebooks approach
+            metrics["mel_distance_unquantized"] = float(mel_loss(ceiling, audio))
             for level in sorted(levels | {n_q}):
                 q = codec.quantizer(z, level)
                 recon[level] = codec.decoder(q.quantized)[..., :length].float()

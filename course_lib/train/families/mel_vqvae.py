@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.utils.data import ConcatDataset, Dataset
 
 from course_lib.codecs.mel_vqvae import MelVQVAE, MelVQVAEConfig, reconstruction_loss
 from course_lib.quantize import perplexity
-from course_lib.train.config import DataConfig, EvalConfig, RunConfig
+from course_lib.train.config import EvalConfig, RunConfig
+from course_lib.train.data import mixed_generated  # noqa: F401  (the older config spelling py:...mel_vqvae:mixed_generated)
 from course_lib.train.errors import ConfigError
 from course_lib.train.families import register_family
 from course_lib.train.families.base import Batch, EvalResult, Family, unwrap_model
@@ -47,34 +47,6 @@ class MelVQVAERunConfig(RunConfig):
 
     model: MelVQVAEConfig = field(default_factory=MelVQVAEConfig)
     eval: MelVQVAEEvalConfig = field(default_factory=MelVQVAEEvalConfig)
-
-
-class _MixedDataset(ConcatDataset):
-    """Sound events then music, concatenated; forwards ``set_epoch`` and declares its ``sample_rate``."""
-
-    def __init__(self, parts: list[Dataset], sample_rate: int) -> None:
-        super().__init__(parts)
-        self.sample_rate = sample_rate
-
-    def set_epoch(self, epoch: int) -> None:
-        for part in self.datasets:
-            if hasattr(part, "set_epoch"):
-                part.set_epoch(epoch)
-
-
-def mixed_generated(data: DataConfig, split: str, seed: int = 0) -> Dataset:
-    """``data.source=py:course_lib.train.families.mel_vqvae:mixed_generated``: half generated sound events,
-    half generated music (``data.train_size`` / ``data.eval_size`` clips in all), ``(1, T)`` at
-    ``data.sample_rate``."""
-    from course_lib.data.torch_dataset import GeneratedDataset
-    from course_lib.train.data import segment_samples
-
-    size = data.train_size if split == "train" else data.eval_size
-    n_music = size // 2
-    parts = [GeneratedDataset(kind, split, size=n, clip_seconds=data.clip_seconds, sample_rate=data.sample_rate,
-                              segment_samples=segment_samples(data), random_crop=False, seed=seed)
-             for kind, n in (("sound_events", size - n_music), ("music", n_music)) if n > 0]
-    return _MixedDataset(parts, data.sample_rate)
 
 
 @register_family

@@ -14,9 +14,10 @@ on the mel loss alone and skip the discriminator (the engine's ``OptimizerGroup.
 WaveGAN warms up its generator: those steps are cheaper (no discriminator; about 0.7 of a GAN step in the
 course config on a CPU) and give the GAN a generator that already follows the mel.
 
-Evaluation: on held-out clips, the mel L1 distance (in dB: nats × 20 / ln 10) between each clip's log-mel and
-the log-mel of the audio the vocoder makes from it, for MelGAN (``mel_l1_db``, the ``best`` metric) and for
-the Griffin-Lim baseline (``griffin_lim_mel_l1_db``), plus audio samples (real, MelGAN, Griffin-Lim).
+Evaluation: on held-out clips, the course's log-mel distance (:func:`course_lib.metrics.log_mel_distance_db`:
+mean |Δ log-mel| in dB, floored 80 dB under each clip's peak) between each clip and the audio the vocoder
+makes from its log-mel, for MelGAN (``mel_l1_db``, the ``best`` metric) and for the Griffin-Lim baseline
+(``griffin_lim_mel_l1_db``), plus audio samples (real, MelGAN, Griffin-Lim).
 
 Configs: ``paper`` (22.05 kHz, hop 256, 80 mels, Adam 1e-4 (0.5, 0.9), λ_fm = 10, GPU), ``course`` (16 kHz,
 the course's mel front end, sized for about 45 minutes on a laptop CPU), ``tiny`` (seconds, for the tests)::
@@ -34,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from course_lib.metrics.spectral import log_mel_distance_db
 from course_lib.nn.gan import discriminator_hinge_loss, feature_matching_loss, generator_hinge_loss
 from course_lib.train.config import EvalConfig, OptimConfig, RunConfig
 from course_lib.train.data import segment_samples
@@ -48,13 +50,16 @@ NATS_TO_DB = 20.0 / math.log(10.0)
 
 @dataclass
 class MelGANLossConfig:
-    """GAN training settings: crop length in samples, feature-matching weight, optional mel-loss weight, and
+    """GAN training settings: crop length in samples, feature-matching weight, optional mel-loss weight,
+    ``mel_top_db`` (None: the mel loss compares log-mels down to their 1e-5 floor, as HiFi-GAN; a number:
+    both are clamped that many dB under the clip's peak first, the course metric's floor), and
     ``disc_start_step``: optimizer steps during which the generator trains on the mel loss alone and the
     discriminator waits (0 in the paper; Parallel WaveGAN-style warm-up, cheap steps for a CPU run)."""
 
     segment_samples: int = 8192
     lambda_fm: float = 10.0
     lambda_mel: float = 0.0
+    mel_top_db: float | None = None
     disc_start_step: int = 0
 
 
@@ -83,9 +88,16 @@ class MelGANRunConfig(RunConfig):
     eval: MelGANEvalConfig = field(default_factory=MelGANEvalConfig)
 
 
-def mel_l1(model: MelGAN, audio: torch.Tensor, log_mel: torch.Tensor) -> torch.Tensor:
-    """Mean L1 (nats) between ``log_mel`` ``(B, n_mels, frames)`` and the log-mel of ``audio`` ``(B, 1, T)``."""
-    return F.l1_loss(model.features(audio.float()), log_mel.float())
+def mel_l1(model: MelGAN, audio: torch.Tensor, log_mel: torch.Tensor, top_db: float | None = None) -> torch.Tensor:
+    """Mean L1 (nats) between ``log_mel`` ``(B, n_mels, frames)`` and the log-mel of ``audio`` ``(B, 1, T)``.
+
+    With ``top_db``, both are first clamped at ``top_db`` decibels under each target clip's loudest bin (as
+    :func:`course_lib.metrics.log_mel_distance_db` does), so no effort goes into matching inaudible levels."""
+    fake, real = model.features(audio.float()), log_mel.float()
+    if top_db is not None:
+        floor = real.amax(dim=(-2, -1), keepdim=True) - top_db / NATS_TO_DB
+        fake, real = fake.maximum(floor), real.maximum(floor)
+    return F.l1_loss(fake, real)
 
 
 @register_family
@@ -111,6 +123,8 @@ class MelGANFamily(Family):
                               f"({config.optim.grad_accum}): both phases share the micro-batches")
         if g.lambda_fm < 0 or g.lambda_mel < 0:
             raise ConfigError(f"gan.lambda_fm and gan.lambda_mel must be >= 0, got {g.lambda_fm}, {g.lambda_mel}")
+        if g.mel_top_db is not None and g.mel_top_db <= 0:
+            raise ConfigError(f"gan.mel_top_db: must be > 0 dB or null, got {g.mel_top_db}")
         if g.disc_start_step < 0:
             raise ConfigError(f"gan.disc_start_step: must be >= 0, got {g.disc_start_step}")
         if g.disc_start_step > 0 and g.lambda_mel <= 0:
@@ -155,7 +169,7 @@ class MelGANFamily(Family):
         if phase == "generator" and step is not None and step < g.disc_start_step:  # warm-up: mel loss only
             fake = model(target)[..., : audio.shape[-1]]
             with torch.autocast(audio.device.type, enabled=False):
-                mel = mel_l1(bare, fake, target)
+                mel = mel_l1(bare, fake, target, g.mel_top_db)
             return g.lambda_mel * mel, {"mel_l1_db": float(mel.detach()) * NATS_TO_DB}
         out = model(target, audio, phase=phase)  # one forward per phase, so DDP sees it
         if phase == "discriminator":
@@ -167,10 +181,10 @@ class MelGANFamily(Family):
         fm = feature_matching_loss(out.real_feats, out.fake_feats)
         with torch.autocast(audio.device.type, enabled=False):
             if g.lambda_mel > 0:
-                mel = mel_l1(bare, out.fake, target)
+                mel = mel_l1(bare, out.fake, target, g.mel_top_db)
             else:
                 with torch.no_grad():
-                    mel = mel_l1(bare, out.fake.detach(), target)
+                    mel = mel_l1(bare, out.fake.detach(), target, g.mel_top_db)
         loss = adv + g.lambda_fm * fm + (g.lambda_mel * mel if g.lambda_mel > 0 else 0.0)
         return loss, {"g_adv": float(adv.detach()), "feature_matching": float(fm.detach()),
                       "mel_l1_db": float(mel.detach()) * NATS_TO_DB}
@@ -188,8 +202,8 @@ class MelGANFamily(Family):
                 target = model.features(wav)
                 fake = model(target).float()[..., :T]
                 baseline = griffin_lim(target)[..., :T]
-                sums["mel_l1_db"] += float(mel_l1(model, fake, target)) * NATS_TO_DB
-                sums["griffin_lim_mel_l1_db"] += float(mel_l1(model, baseline, target)) * NATS_TO_DB
+                sums["mel_l1_db"] += float(log_mel_distance_db(fake, wav, model.mel_config).mean())
+                sums["griffin_lim_mel_l1_db"] += float(log_mel_distance_db(baseline, wav, model.mel_config).mean())
             n += 1
             if not audio and config.eval.num_samples > 0:
                 for i in range(min(config.eval.num_samples, wav.shape[0])):
