@@ -23,7 +23,7 @@ def test_card_metrics_are_reproduced(name):
     for key, value in expected.items():
         assert math.isclose(measured[key], value, rel_tol=tolerance, abs_tol=1e-3), (
             f"{name}: {key} measured {measured[key]}, card says {value}")
-    assert card["training"]["steps"] and card["training"]["command"].startswith("python -m course_lib.train")
+    assert card["training"]["steps"] and card["training"]["command"].startswith("python -m course_lib.")
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -36,3 +36,21 @@ def test_loaded_model_is_in_eval_mode_with_the_card_parameter_count(name):
 def test_unknown_name_lists_what_exists():
     with pytest.raises(KeyError, match="available"):
         pretrained.load("no_such_model")
+
+
+def test_half_precision_weights_load_into_a_float32_model_and_halve_the_file(tmp_path):
+    import torch
+
+    from course_lib.codecs.codec import Codec, CodecConfig
+    from course_lib.pretrained.publish import to_half_precision
+
+    torch.manual_seed(0)
+    model = Codec(CodecConfig(n_filters=2, dimension=8, lstm=1, n_q=2, codebook_size=16)).eval()
+    folder = model.save_pretrained(tmp_path / "codec")
+    size = (folder / "model.safetensors").stat().st_size
+    to_half_precision(folder / "model.safetensors")
+    assert (folder / "model.safetensors").stat().st_size < 0.6 * size
+    loaded = Codec.from_pretrained(folder)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.allclose(a.float(), b.float(), rtol=2 ** -10, atol=1e-6), name  # float16 rounding only

@@ -25,7 +25,9 @@ PRETRAINED_DIR = Path(__file__).resolve().parent
 
 # name -> (model class, measuring function). A model is listed here once its folder is committed.
 _REGISTRY: dict[str, tuple[str, str]] = {
-    "mel_vqvae_course": ("course_lib.codecs.mel_vqvae:MelVQVAE", "course_lib.pretrained.measure:measure_mel_vqvae"),
+    "mel_vqvae_course": ("course_lib.codecs.mel_vqvae:MelVQVAE", "course_lib.pretrained.measures:measure_mel_vqvae"),
+    "text_encoder_course": ("course_lib.text.course_encoder:CourseTextEncoder",
+                            "course_lib.text.captions:measure_text_encoder"),
 }
 
 

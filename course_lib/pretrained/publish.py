@@ -20,8 +20,20 @@ import torch
 from course_lib.pretrained import _REGISTRY, PRETRAINED_DIR, _resolve
 
 
+def to_half_precision(weights: Path) -> None:
+    """Rewrite a safetensors file with its float32 tensors stored as float16 (half the bytes in git).
+
+    ``from_pretrained`` copies them into the float32 model (``load_state_dict`` casts), so the model still
+    computes in float32; only the weights are rounded to float16's 11-bit mantissa (relative error ≤ 2^-11).
+    The card's metrics are measured after this rounding, on exactly the shipped weights."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(weights))
+    save_file({k: (v.half() if v.dtype == torch.float32 else v) for k, v in tensors.items()}, str(weights))
+
+
 def publish(run_dir: Path, name: str, command: str, which: str = "last", description: str = "",
-            settings: dict | None = None) -> dict:
+            settings: dict | None = None, half: bool = False) -> dict:
     from course_lib.train import load_from_run
 
     if name not in _REGISTRY:
@@ -29,6 +41,9 @@ def publish(run_dir: Path, name: str, command: str, which: str = "last", descrip
     model = load_from_run(run_dir, which=which)
     folder = PRETRAINED_DIR / name
     model.save_pretrained(folder)
+    if half:
+        to_half_precision(folder / "model.safetensors")
+        model = _resolve(_REGISTRY[name][0]).from_pretrained(folder)  # measure exactly what is shipped
     settings = settings or {}
     metrics = _resolve(_REGISTRY[name][1])(model, **settings)
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
@@ -38,6 +53,7 @@ def publish(run_dir: Path, name: str, command: str, which: str = "last", descrip
         "description": description,
         "model_class": _REGISTRY[name][0],
         "parameters": sum(p.numel() for p in model.parameters()),
+        "weights_dtype": "float16 (computed in float32)" if half else "float32",
         "training": {
             "command": command,
             "checkpoint": which,
@@ -51,7 +67,8 @@ def publish(run_dir: Path, name: str, command: str, which: str = "last", descrip
     }
     (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     lines = [f"# {name}", "", description, "", f"- class: `{card['model_class']}`",
-             f"- parameters: {card['parameters']:,}", f"- trained with: `{command}`",
+             f"- parameters: {card['parameters']:,} (weights stored as {card['weights_dtype']})",
+             f"- trained with: `{command}`",
              f"- steps: {card['training']['steps']}, training time: {card['training']['train_seconds']} s on "
              f"{card['training']['machine']}", "- data: the course's generated clips, train split", "",
              "## Held-out metrics", "", "Re-measured by the tests (`tests/test_pretrained.py`) with "
@@ -70,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--which", default="last", choices=["last", "best", "ema"])
     parser.add_argument("--description", default="")
     parser.add_argument("--settings", default="{}", help="JSON keyword arguments for the measuring function")
+    parser.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
     args = parser.parse_args(argv)
-    card = publish(args.run, args.name, args.command, args.which, args.description, json.loads(args.settings))
+    card = publish(args.run, args.name, args.command, args.which, args.description, json.loads(args.settings),
+                   args.half)
     print(json.dumps(card["evaluation"]["metrics"], indent=2))
     return 0
 
