@@ -335,3 +335,14 @@ def test_warmup_steps_train_without_the_quantizer_then_switch_it_on(tmp_path):
     assert "perplexity" in logs  # quantizer on (k-means initialised now, on the warmed-up latents)
     with pytest.raises(ConfigError, match="autoencoder_warmup_steps"):
         family.load_config("tiny", ["loss.autoencoder_warmup_steps=-1"])
+
+
+def test_the_engine_passes_the_step_so_the_warmup_ends_on_time(tmp_path):
+    family = get_family("codec")
+    cfg = family.load_config("tiny", [f"train.run_dir={tmp_path / 'run'}", "train.log_every=1", "train.max_steps=3",
+                                      "loss.autoencoder_warmup_steps=2", "eval.every=0", *FAST])
+    train("codec", cfg)
+    rows = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    logged = {r["step"]: r for r in rows if r["kind"] == "train"}
+    assert "train/perplexity" not in logged[1] and "train/perplexity" not in logged[2]  # steps 0, 1: bypassed
+    assert "train/perplexity" in logged[3]  # step 2: the quantizer is on

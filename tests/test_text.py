@@ -40,33 +40,9 @@ CORPUS = [SHORT, LONG, "a dog barks once", "wind blows in gusts over the sound o
 
 
 def _tiny_hf_folder(kind: str, folder) -> str:
-    from transformers import (
-        BertConfig,
-        BertModel,
-        CLIPTextConfig,
-        CLIPTextModel,
-        PreTrainedTokenizerFast,
-        T5Config,
-        T5EncoderModel,
-    )
+    from course_lib.text.hf import save_random_tiny
 
-    tok = train_tokenizer(CORPUS, vocab_size=120, prune=False)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]")
-    v = tok.get_vocab_size()
-    torch.manual_seed(0)
-    if kind == "t5":
-        model = T5EncoderModel(T5Config(vocab_size=v, d_model=16, d_kv=8, num_heads=2, num_layers=1, d_ff=32,
-                                        pad_token_id=0, dropout_rate=0.5))
-    elif kind == "clip":
-        model = CLIPTextModel(CLIPTextConfig(vocab_size=v, hidden_size=16, intermediate_size=32,
-                                             num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=40,
-                                             pad_token_id=0, bos_token_id=1, eos_token_id=1))
-    else:
-        model = BertModel(BertConfig(vocab_size=v, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=32, max_position_embeddings=40, hidden_dropout_prob=0.5))
-    model.save_pretrained(folder)
-    fast.save_pretrained(folder)
-    return str(folder)
+    return str(save_random_tiny(kind, folder, CORPUS))
 
 
 @pytest.fixture(scope="module")

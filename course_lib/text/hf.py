@@ -152,3 +152,44 @@ def _hidden_size(config: Any) -> int:
 def _looks_like_path(source: str) -> bool:
     """A local path rather than a hub name ``org/name``: absolute, relative with ./ or ~, or with a backslash."""
     return source.startswith(("/", "./", "../", "~", ".\\")) or "\\" in source or source.count("/") > 1
+
+
+def save_random_tiny(kind: str, folder: str | os.PathLike, captions: list[str], width: int = 16,
+                     seed: int = 0) -> Path:
+    """Write a tiny, randomly initialised ``kind`` ("t5", "clip" or "bert") encoder and a WordPiece tokenizer
+    trained on ``captions`` to ``folder``, in the layout ``from_pretrained`` reads: the real loading code runs
+    offline on it (the tests and lesson 04 use it where a download of ``t5-base`` is impossible). Its
+    embeddings are random: it shows the plumbing, not what a trained T5 knows. Returns ``folder``."""
+    from transformers import (
+        BertConfig,
+        BertModel,
+        CLIPTextConfig,
+        CLIPTextModel,
+        PreTrainedTokenizerFast,
+        T5Config,
+        T5EncoderModel,
+    )
+
+    from course_lib.text.course_encoder import train_tokenizer
+
+    if kind not in ("t5", "clip", "bert"):
+        raise ValueError(f"kind must be 't5', 'clip' or 'bert', got {kind!r}")
+    if not captions or not all(isinstance(c, str) for c in captions):
+        raise ValueError("captions must be a non-empty list of str (the tokenizer's training text)")
+    tok = train_tokenizer(captions, vocab_size=120, prune=False)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]")
+    v, h = tok.get_vocab_size(), int(width)
+    torch.manual_seed(seed)
+    if kind == "t5":
+        model = T5EncoderModel(T5Config(vocab_size=v, d_model=h, d_kv=h // 2, num_heads=2, num_layers=1, d_ff=2 * h,
+                                        pad_token_id=0, dropout_rate=0.5))
+    elif kind == "clip":
+        model = CLIPTextModel(CLIPTextConfig(vocab_size=v, hidden_size=h, intermediate_size=2 * h,
+                                             num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=40,
+                                             pad_token_id=0, bos_token_id=1, eos_token_id=1))
+    else:
+        model = BertModel(BertConfig(vocab_size=v, hidden_size=h, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=2 * h, max_position_embeddings=40, hidden_dropout_prob=0.5))
+    model.save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return Path(folder)
