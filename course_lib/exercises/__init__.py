@@ -26,6 +26,8 @@ from course_lib.exercises.ex00 import (
 from course_lib.exercises.ex01 import LESSON as LESSON_01  # noqa: F401  (registers lesson 01's checks)
 from course_lib.exercises.ex02 import LESSON as LESSON_02  # noqa: F401  (registers lesson 02's checks)
 from course_lib.exercises.ex03 import LESSON as LESSON_03  # noqa: F401  (registers lesson 03's checks)
+from course_lib.exercises.ex04 import LESSON as LESSON_04  # noqa: F401  (registers lesson 04's checks)
+from course_lib.exercises.ex05 import LESSON as LESSON_05  # noqa: F401  (registers lesson 05's checks)
 
 __all__ = [
     "DEFAULT_TIME_LIMIT",
