@@ -98,3 +98,69 @@ def measure_melgan(model, n_clips: int = 24, clip_seconds: float = 2.0, batch_si
         baseline.append(log_mel_distance_db(griffin_lim(mel)[..., :length], batch, model.mel_config))
     return {"mel_db": round(float(torch.cat(ours).mean()), 3),
             "griffin_lim_mel_db": round(float(torch.cat(baseline).mean()), 3)}
+
+
+_CLASSIFIERS: dict[tuple[float, int], torch.nn.Module] = {}  # (clip_seconds, sample_rate) -> trained probe
+
+
+def _event_classifier(clip_seconds: float, sample_rate: int) -> torch.nn.Module:
+    """The class probe for :func:`measure_audiogen`: :func:`course_lib.data.probes.train_event_classifier`
+    with seed 0 on ``clip_seconds`` train-split clips, trained once per process (about 5 s on one thread)."""
+    from course_lib.data.probes import train_event_classifier
+
+    key = (float(clip_seconds), int(sample_rate))
+    if key not in _CLASSIFIERS:
+        with torch.enable_grad():  # the callers measure under no_grad
+            _CLASSIFIERS[key] = train_event_classifier(n_per_class=40, seed=0, clip_seconds=clip_seconds,
+                                                       sample_rate=sample_rate)
+    return _CLASSIFIERS[key]
+
+
+def _adherence_rates(audio: torch.Tensor, sample_rate: int, clips: list, classifier) -> dict[str, float]:
+    """Share of clips whose ``audio`` ``(N, 1, T)`` passes each probe their attributes define (class, count,
+    pitch band); a probe no clip's attributes define is left out."""
+    from course_lib.data.probes import adherence
+
+    checks = [adherence(a[0].cpu().numpy(), sample_rate, c.attributes, classifier) for a, c in zip(audio, clips)]
+    rates = {}
+    for key in ("class", "count", "pitch_band"):
+        hits = [r[key] for r in checks if key in r]
+        if hits:
+            rates[f"{key}_accuracy"] = round(sum(hits) / len(hits), 4)
+    return rates
+
+
+@torch.no_grad()
+def measure_audiogen(model, n_prompts: int = 24, seconds: float = 2.0, cfg_scale: float = 3.0, seed: int = 0,
+                     codec=None, text_encoder=None, top_k: int = 250, temperature: float = 1.0,
+                     batch_size: int = 12) -> dict[str, float]:
+    """AudioGen LM: prompt adherence on fresh test-split sound-event captions, read back by the probes.
+
+    The captions of test-split clips ``0 … n_prompts − 1`` (class-balanced) are generated ``seconds`` long with
+    :class:`course_lib.pipelines.AudioGenPipeline` (``codec`` and ``text_encoder`` default to the shipped
+    ``codec_course`` and ``"course"``; CFG ``cfg_scale``, ``top_k``, ``temperature``; the draws of batch ``b``
+    seeded with ``seed + b``), and each clip is checked against its prompt's attributes with
+    :func:`course_lib.data.probes.adherence`: ``class_accuracy`` (the :class:`EventClassifier` probe, trained
+    once per process with seed 0), ``count_accuracy`` (over prompts with a count) and
+    ``pitch_band_accuracy`` (over pitched prompts). ``ceiling_*`` are the same probes on the real clips passed
+    through the codec: the most the LM can reach through this codec. Deterministic for fixed arguments.
+    """
+    from course_lib.pipelines.audiogen import AudioGenPipeline, load_codec, load_text
+
+    if isinstance(n_prompts, bool) or not isinstance(n_prompts, int) or n_prompts < 1:
+        raise ValueError(f"n_prompts must be a positive int, got {n_prompts!r}")
+    pipe = AudioGenPipeline(model, codec if codec is not None else load_codec("codec_course"),
+                            load_text(text_encoder if text_encoder is not None else "course"))
+    rate = pipe.sample_rate
+    clips = list(sound_events.generate_clips("test", n_prompts, seconds, rate))
+    classifier = _event_classifier(float(seconds), rate)
+    generated, ceiling = [], []
+    for b, start in enumerate(range(0, n_prompts, batch_size)):
+        part = clips[start:start + batch_size]
+        generated.append(pipe.generate([c.caption for c in part], seconds=seconds, cfg_scale=cfg_scale,
+                                       temperature=temperature, top_k=top_k, seed=seed + b))
+        real = torch.from_numpy(np.stack([c.audio for c in part]))[:, None].to(pipe.device)
+        ceiling.append(pipe.decode(pipe.codec.encode(real), seconds))
+    metrics = _adherence_rates(torch.cat(generated), rate, clips, classifier)
+    metrics.update({f"ceiling_{k}": v for k, v in _adherence_rates(torch.cat(ceiling), rate, clips, classifier).items()})
+    return metrics

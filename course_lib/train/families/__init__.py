@@ -18,6 +18,7 @@ _BUILTIN: dict[str, str] = {
     "melgan": "course_lib.train.families.melgan",
     "mel_vqvae": "course_lib.train.families.mel_vqvae",
     "codec": "course_lib.train.families.codec",
+    "audiogen": "course_lib.train.families.audiogen",
 }
 
 _REGISTRY: dict[str, Family] = {}

@@ -1,0 +1,16 @@
+"""Text-to-audio pipelines: a frozen text encoder → a generator → a decoder to audio, behind one call.
+
+``audiogen``: :class:`AudioGenPipeline` (course text encoder → :class:`~course_lib.lm.AudioLM` over codec
+tokens → :class:`~course_lib.codecs.Codec` decoder), AudioGen's two stages put together::
+
+    from course_lib.pipelines import AudioGenPipeline
+    pipe = AudioGenPipeline.from_pretrained()              # the shipped LM, codec and text encoder
+    audio = pipe(["a dog barks twice", "rain falls"], seconds=2.0)   # (2, 1, 32000) at 16 kHz
+
+Pipelines sit above the models (``lm``, ``codecs``, ``text``) and below ``train``: nothing in the models
+imports them.
+"""
+
+from course_lib.pipelines.audiogen import AudioGenPipeline, load_codec, load_lm
+
+__all__ = ["AudioGenPipeline", "load_codec", "load_lm"]
