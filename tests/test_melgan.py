@@ -224,3 +224,30 @@ def test_mel_top_db_must_be_positive():
     with pytest.raises(ConfigError, match="mel_top_db"):
         get_family("melgan").load_config("tiny", ["gan.mel_top_db=0"])
     assert get_family("melgan").load_config("tiny", ["gan.mel_top_db=80"]).gan.mel_top_db == 80.0
+
+
+def test_spectral_convergence_is_zero_for_the_target_and_dominated_by_loud_bins():
+    from course_lib.train.families.melgan import spectral_convergence
+
+    model = MelGAN(TINY)
+    audio = tone(0.25)
+    target = model.features(audio)
+    assert float(spectral_convergence(model, audio, target)) < 1e-5
+    assert float(spectral_convergence(model, 0.5 * audio, target)) == pytest.approx(0.5, abs=0.02)  # −6 dB: half
+    quiet_error = audio + 1e-3 * torch.randn(audio.shape, generator=torch.Generator().manual_seed(0))
+    assert float(spectral_convergence(model, quiet_error, target)) < 0.05  # faint noise barely counts
+
+
+def test_lambda_sc_adds_the_term_in_warmup_and_gan_steps(tmp_path):
+    from course_lib.train import get_family
+
+    family = get_family("melgan")
+    cfg = family.load_config("tiny", ["gan.lambda_sc=2.0", "gan.disc_start_step=1"])
+    torch.manual_seed(0)
+    model = family.build_model(cfg.model)
+    batch = {"audio": tone(0.128)}
+    _, warm = family.loss_step(model, batch, cfg, phase="generator", step=0)
+    _, gan = family.loss_step(model, batch, cfg, phase="generator", step=5)
+    assert "spectral_convergence" in warm and "spectral_convergence" in gan
+    with pytest.raises(Exception, match="lambda_sc"):
+        family.load_config("tiny", ["gan.lambda_sc=-1"])

@@ -26,6 +26,8 @@ PRETRAINED_DIR = Path(__file__).resolve().parent
 # name -> (model class, measuring function). A model is listed here once its folder is committed.
 _REGISTRY: dict[str, tuple[str, str]] = {
     "mel_vqvae_course": ("course_lib.codecs.mel_vqvae:MelVQVAE", "course_lib.pretrained.measures:measure_mel_vqvae"),
+    "codec_course": ("course_lib.codecs.codec:Codec", "course_lib.pretrained.measures:measure_codec"),
+    "melgan_course": ("course_lib.vocoders.melgan:MelGAN", "course_lib.pretrained.measures:measure_melgan"),
     "text_encoder_course": ("course_lib.text.course_encoder:CourseTextEncoder",
                             "course_lib.text.captions:measure_text_encoder"),
 }

@@ -49,9 +49,10 @@ def measure_mel_vqvae(model, n_clips: int = 24, clip_seconds: float = 4.0, batch
 
 @torch.no_grad()
 def measure_codec(model, n_clips: int = 24, clip_seconds: float = 4.0, batch_size: int = 8) -> dict[str, float]:
-    """Waveform codec: held-out log-mel distance (dB, :func:`course_lib.metrics.log_mel_distance_db`) decoded
-    from the first 1..n_q codebooks, EnCodec's multi-scale mel distance and SI-SDR with all codebooks, the
-    bitrate, and the perplexity of the first codebook."""
+    """Waveform codec: held-out log-mel distance (dB, :func:`course_lib.metrics.log_mel_distance_db`) and
+    EnCodec's multi-scale mel distance (:class:`~course_lib.codecs.losses.MultiScaleMelLoss`, what the codec is
+    trained on) decoded from the first 1..n_q codebooks, SI-SDR with all codebooks, the bitrate, and the
+    perplexity of the first codebook."""
     from course_lib.codecs.losses import MultiScaleMelLoss, si_sdr
     from course_lib.metrics import log_mel_distance_db
     from course_lib.quantize import perplexity
@@ -60,18 +61,19 @@ def measure_codec(model, n_clips: int = 24, clip_seconds: float = 4.0, batch_siz
     audio = heldout_audio(n_clips, clip_seconds, cfg.sample_rate)
     msspec = MultiScaleMelLoss(cfg.sample_rate)
     per_level: dict[int, list[torch.Tensor]] = {n: [] for n in range(1, cfg.n_q + 1)}
-    mel_distance, sdr, first_codes = [], [], []
+    msspec_level: dict[int, float] = {n: 0.0 for n in per_level}
+    sdr, first_codes = [], []
     for batch in audio.split(batch_size):
         codes = model.encode(batch)
         for n in per_level:
             recon = model.decode(codes[:, :n])[..., : batch.shape[-1]]
             per_level[n].append(log_mel_distance_db(recon, batch))
-        mel_distance.append(float(msspec(recon, batch)) * batch.shape[0])
+            msspec_level[n] += float(msspec(recon, batch)) * batch.shape[0]
         sdr.append(si_sdr(recon, batch))
         first_codes.append(codes[:, 0].flatten())
     metrics = {f"mel_db_q{n}": round(float(torch.cat(v).mean()), 3) for n, v in per_level.items()}
+    metrics.update({f"mel_distance_q{n}": round(v / n_clips, 4) for n, v in msspec_level.items()})
     metrics.update({
-        "mel_distance": round(sum(mel_distance) / n_clips, 4),
         "si_sdr_db": round(float(torch.cat(sdr).mean()), 2),
         "kbps": round(model.bitrate() / 1000, 3),
         "perplexity_q1": round(float(perplexity(torch.cat(first_codes), cfg.codebook_size)), 2),
