@@ -242,7 +242,9 @@ def test_configs_load_and_refuse_what_cannot_work(tmp_path):
     tiny = family.load_config("tiny")
     assert not tiny.model.adversarial and tiny.model.hop_length == 320
     course = family.load_config("course")
-    assert course.model.codec_config() == CodecConfig()  # the course codec is CodecConfig's defaults
+    # the course codec is CodecConfig's defaults plus quantizer dropout (one model for 0.4-1.6 kbit/s)
+    assert course.model.codec_config() == CodecConfig(quantizer_dropout=True)
+    assert course.loss.autoencoder_warmup_steps > 0 and course.data.source == "generated:mixed"
     assert Codec(course.model.codec_config()).bitrate() == 1600.0  # 50 frames/s × 4 × log2(256)
     paper = family.load_config("paper")
     m = paper.model
