@@ -4,32 +4,32 @@ each check rejects plausible wrong answers with the hint that names the mistake.
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from exercise_notebooks import (
+    assert_check_passes_quickly,
+    assert_generated_and_registered,
+    assert_stubs_not_implemented,
+    notebook_functions,
+)
 
-from course_lib.exercises import TASKS, check
+from course_lib.exercises import check
 from course_lib.exercises.ex01 import LESSON, reference_ema_update, reference_vq_loss
-from course_lib.exercises.generate import read_notebook, render_exercise
-from course_lib.exercises.grade import grade_many, solution_tasks
+from course_lib.exercises.grade import grade_many
 from course_lib.quantize import VectorQuantizer
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "01_vq_vae.ipynb"
 EXERCISE = ROOT / "exercises" / "01_vq_vae.ipynb"
 TASK_IDS = ["nearest_code", "straight_through", "vq_loss", "ema_update", "codebook_perplexity"]
+NAMESPACE = {"math": math, "torch": torch, "F": F}  # what the solution cells assume is imported
 
 
 def _functions(path: Path) -> dict:
-    """Execute a notebook's nbgrader solution cells (only) and return the namespace they define."""
-    namespace: dict = {"math": math, "torch": torch, "F": F}
-    for cell in read_notebook(path).cells:
-        if cell.metadata.get("nbgrader", {}).get("solution"):
-            exec(compile(cell.source, f"{path.name}:{cell.id}", "exec"), namespace)
-    return namespace
+    return notebook_functions(path, NAMESPACE)
 
 
 @pytest.fixture(scope="module")
@@ -38,31 +38,16 @@ def solution_fns() -> dict:
 
 
 def test_notebook_tasks_match_the_registry_and_the_exercise_is_fresh():
-    assert list(solution_tasks(SOLUTION)) == TASK_IDS == [t for t, v in TASKS.items() if v.lesson == LESSON]
-    assert render_exercise(SOLUTION) == EXERCISE.read_text(encoding="utf-8")
-    nb = read_notebook(SOLUTION)
-    assert nb.metadata.kernelspec["name"] == "audio-course"
-    for cell in nb.cells:
-        meta = cell.metadata.get("nbgrader")
-        if meta and meta["grade"]:
-            assert meta["locked"] and meta["points"] > 0
-            assert cell.source.startswith(f'passed = check("{meta["grade_id"]}")')
+    assert_generated_and_registered(SOLUTION, EXERCISE, LESSON, TASK_IDS)
 
 
 @pytest.mark.parametrize("task_id", TASK_IDS)
 def test_every_check_passes_the_solution_quickly(task_id, solution_fns, capsys):
-    start = time.monotonic()
-    assert check(task_id, solution_fns[task_id]) is True
-    assert time.monotonic() - start < 5.0
-    assert capsys.readouterr().out.strip() == f"✅ {task_id}: passed"
+    assert_check_passes_quickly(task_id, solution_fns, capsys)
 
 
 def test_check_on_the_untouched_exercise_says_not_implemented(capsys):
-    stubs = _functions(EXERCISE)
-    for task_id in TASK_IDS:
-        assert check(task_id, stubs[task_id]) is False
-        assert capsys.readouterr().out.strip() == (f"❌ {task_id}: not implemented yet (replace "
-                                                    "`raise NotImplementedError()` with your code)")
+    assert_stubs_not_implemented(EXERCISE, TASK_IDS, capsys, NAMESPACE)
 
 
 def test_reference_answers_agree_with_the_library():

@@ -4,32 +4,31 @@ and every check rejects plausible wrong answers with a hint that names the mista
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from exercise_notebooks import (
+    assert_check_passes_quickly,
+    assert_generated_and_registered,
+    assert_stubs_not_implemented,
+    notebook_functions,
+)
 
-from course_lib.exercises import TASKS, check
+from course_lib.exercises import check
 from course_lib.exercises.ex03 import LESSON, TCONV_CASES, reference_transposed_conv_length
-from course_lib.exercises.generate import read_notebook, render_exercise
-from course_lib.exercises.grade import solution_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "03_melgan.ipynb"
 EXERCISE = ROOT / "exercises" / "03_melgan.ipynb"
 TASK_IDS = ["stack_receptive_field", "transposed_conv_length", "hinge_losses", "feature_matching"]
+NAMESPACE = {"math": math, "np": np, "torch": torch, "F": F}  # what the solution cells assume is imported
 
 
 def _functions(path: Path) -> dict:
-    """Execute a notebook's nbgrader solution cells (only) and return the namespace they define."""
-    namespace: dict = {"math": math, "np": np, "torch": torch, "F": F}
-    for cell in read_notebook(path).cells:
-        if cell.metadata.get("nbgrader", {}).get("solution"):
-            exec(compile(cell.source, f"{path.name}:{cell.id}", "exec"), namespace)
-    return namespace
+    return notebook_functions(path, NAMESPACE)
 
 
 @pytest.fixture(scope="module")
@@ -37,27 +36,17 @@ def solution_fns() -> dict:
     return _functions(SOLUTION)
 
 
-def test_exercise_is_generated_from_the_solution_and_tasks_are_registered():
-    assert render_exercise(SOLUTION) == EXERCISE.read_text(encoding="utf-8")
-    assert list(solution_tasks(SOLUTION)) == TASK_IDS == [t for t, v in TASKS.items() if v.lesson == LESSON]
-    nb = read_notebook(SOLUTION)
-    assert nb.metadata.kernelspec["name"] == "audio-course"
-    for cell in nb.cells:
-        meta = cell.metadata.get("nbgrader")
-        if meta and meta["solution"]:
-            assert meta == {"solution": True, "grade": False, "locked": False, "grade_id": meta["grade_id"],
-                            "schema_version": 3, "task": False}
-        elif meta:
-            assert meta["grade"] and meta["locked"] and meta["points"] > 0
-            assert cell.source.startswith(f'passed = check("{meta["grade_id"]}")')
+def test_notebook_tasks_match_the_registry_and_the_exercise_is_fresh():
+    assert_generated_and_registered(SOLUTION, EXERCISE, LESSON, TASK_IDS)
 
 
 @pytest.mark.parametrize("task_id", TASK_IDS)
 def test_every_check_passes_the_solution_quickly(task_id, solution_fns, capsys):
-    start = time.monotonic()
-    assert check(task_id, solution_fns[task_id]) is True
-    assert time.monotonic() - start < 5.0
-    assert capsys.readouterr().out.strip() == f"✅ {task_id}: passed"
+    assert_check_passes_quickly(task_id, solution_fns, capsys)
+
+
+def test_check_on_the_untouched_exercise_says_not_implemented(capsys):
+    assert_stubs_not_implemented(EXERCISE, TASK_IDS, capsys, NAMESPACE)
 
 
 def test_known_answers_of_the_solution(solution_fns):
@@ -68,14 +57,6 @@ def test_known_answers_of_the_solution(solution_fns):
     assert float(d) == pytest.approx(0.75) and float(g) == pytest.approx(1.0)
     fm = solution_fns["feature_matching"]([[torch.zeros(4), torch.zeros(100)]], [[torch.ones(4), torch.zeros(100)]])
     assert float(fm) == pytest.approx(0.5)  # each layer counts once, whatever its size
-
-
-def test_check_on_the_untouched_exercise_says_not_implemented(capsys):
-    stubs = _functions(EXERCISE)
-    for task_id in TASK_IDS:
-        assert check(task_id, stubs[task_id]) is False
-        assert capsys.readouterr().out.strip() == (f"❌ {task_id}: not implemented yet (replace "
-                                                    "`raise NotImplementedError()` with your code)")
 
 
 def _sum_scales_hinge(real, fake):
