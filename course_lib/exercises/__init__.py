@@ -28,6 +28,7 @@ from course_lib.exercises.ex02 import LESSON as LESSON_02  # noqa: F401  (regist
 from course_lib.exercises.ex03 import LESSON as LESSON_03  # noqa: F401  (registers lesson 03's checks)
 from course_lib.exercises.ex04 import LESSON as LESSON_04  # noqa: F401  (registers lesson 04's checks)
 from course_lib.exercises.ex05 import LESSON as LESSON_05  # noqa: F401  (registers lesson 05's checks)
+from course_lib.exercises.ex06 import LESSON as LESSON_06  # noqa: F401  (registers lesson 06's checks)
 
 __all__ = [
     "DEFAULT_TIME_LIMIT",
