@@ -12,5 +12,11 @@ imports them.
 """
 
 from course_lib.pipelines.audiogen import AudioGenPipeline, load_codec, load_lm
+from course_lib.pipelines.diffsound import DiffsoundPipeline, grid_to_sequence, sequence_to_grid
 
-__all__ = ["AudioGenPipeline", "load_codec", "load_lm"]
+__all__ = ["AudioGenPipeline", "load_codec", "load_lm", "DiffsoundPipeline", "grid_to_sequence", "sequence_to_grid"]
+
+# ``diffsound``: :class:`DiffsoundPipeline` (course text encoder → Diffsound's discrete-diffusion token decoder, or
+# its AR baseline → mel VQ-VAE decoder → MelGAN or Griffin-Lim vocoder):
+#     pipe = DiffsoundPipeline.from_pretrained()               # the shipped decoder, VQ-VAE, MelGAN and encoder
+#     audio = pipe(["a dog barks twice"], seconds=2.0, steps=25)   # (1, 1, 32000) at 16 kHz

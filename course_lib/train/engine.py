@@ -74,7 +74,9 @@ from course_lib.train.families.base import OptimizerGroup
 
 RESUME_MODES = ("auto", "always", "never")
 # Keys that must not change when a run is continued (anything under "model." too).
-_RESUME_LOCKED = ("data.sample_rate", "tokenizer.codec", "conditioning.text_encoder")  # what the weights were trained on
+# what the weights were trained on: the audio rate, the frozen tokenizer (codec or mel VQ-VAE) and text encoder
+_RESUME_LOCKED = ("data.sample_rate", "tokenizer.codec", "tokenizer.vqvae", "tokenizer.checkpoint",
+                  "conditioning.text_encoder")
 
 
 # --------------------------------------------------------------------------------------------------------

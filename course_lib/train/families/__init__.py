@@ -19,6 +19,8 @@ _BUILTIN: dict[str, str] = {
     "mel_vqvae": "course_lib.train.families.mel_vqvae",
     "codec": "course_lib.train.families.codec",
     "audiogen": "course_lib.train.families.audiogen",
+    "diffsound": "course_lib.train.families.diffsound",
+    "diffsound_ar": "course_lib.train.families.diffsound",
 }
 
 _REGISTRY: dict[str, Family] = {}
