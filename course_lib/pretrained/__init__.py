@@ -30,6 +30,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "melgan_course": ("course_lib.vocoders.melgan:MelGAN", "course_lib.pretrained.measures:measure_melgan"),
     "text_encoder_course": ("course_lib.text.course_encoder:CourseTextEncoder",
                             "course_lib.text.captions:measure_text_encoder"),
+    "audiogen_course": ("course_lib.lm.model:AudioLM", "course_lib.pretrained.measures:measure_audiogen"),
 }
 
 
