@@ -49,7 +49,9 @@ from course_lib.metrics.embeddings import (
     _read_config,
     _shipped,
     course_clips,
+    course_label_set,
     prepare_audio,
+    publish_model,
 )
 
 __all__ = ["info_nce_loss", "AgreementConfig", "AgreementModel", "HFClapAgreement", "agreement_score",
@@ -406,8 +408,12 @@ def load_agreement_model(spec: Any = "course", local_files_only: bool = False) -
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """``python -m course_lib.metrics.agreement --out DIR``: train the course agreement model, save it to
-    ``DIR`` with ``metrics.json`` (held-out retrieval numbers), and print the metrics."""
+    ``DIR`` with ``metrics.json`` (held-out retrieval numbers), and print the metrics. With ``--publish``:
+    write the shipped model's card (``card.json`` + ``CARD.md``,
+    :func:`course_lib.metrics.embeddings.publish_model`) instead of ``metrics.json``, with weights stored as
+    float16 unless ``--float32``; the card's command is this command line."""
     import argparse
+    import sys
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--out", required=True)
@@ -415,21 +421,55 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--paraphrases", type=int, default=4)
     parser.add_argument("--clip-seconds", type=float, default=2.0)
-    parser.add_argument("--eval-per-class", type=int, default=8)
+    parser.add_argument("--eval-per-class", type=int, default=8,
+                        help="test clips per class measured after training (and for the card with --publish)")
     parser.add_argument("--audio-init", default=None, help="folder of a CourseAudioClassifier to start the audio tower")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-music", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--publish", action="store_true", help=f"write card.json + CARD.md (as {SHIPPED_AGREEMENT})")
+    parser.add_argument("--float32", action="store_true", help="with --publish: keep float32 weights")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     init = CourseAudioClassifier.from_pretrained(args.audio_init) if args.audio_init else None
     config = AgreementConfig(audio=AudioClassifierConfig(**{**init.config.to_dict(), "classes": ()})) if init else None
     model, metrics = train_agreement_model(n_per_class=args.n_per_class, steps=args.steps, paraphrases=args.paraphrases,
-                                           clip_seconds=args.clip_seconds, eval_per_class=args.eval_per_class,
+                                           clip_seconds=args.clip_seconds,
+                                           eval_per_class=0 if args.publish else args.eval_per_class,
                                            seed=args.seed, music=not args.no_music, audio_init=init, config=config,
                                            progress=True)
-    out = model.save_pretrained(args.out)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if args.publish:
+        cfg = model.config
+        own = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("text_encoder."))
+        frozen = sum(p.numel() for p in model.text_encoder.parameters())
+        start = (f"audio tower initialised from the classifier in `{args.audio_init}`" if args.audio_init
+                 else "audio tower from random weights")
+        text_name = "text_encoder_course" if cfg.text_encoder == "course" else cfg.text_encoder
+        card = publish_model(
+            model, args.out, name=SHIPPED_AGREEMENT, model_class="course_lib.metrics.agreement:AgreementModel",
+            description=("The course's text-audio agreement model (a CLAP-style score for generated clips): the "
+                         f"classifier's conv audio tower and a linear projection, the frozen course text encoder "
+                         f"(`{text_name}`, mean-pooled) and a 2-layer MLP projection, into a shared "
+                         f"{cfg.embed_dim}-wide space; trained with symmetric InfoNCE and a learnable temperature. "
+                         "The score of a clip and a caption is their cosine. It sees what the course captions state "
+                         "and the audio carries (class, pitch band, instrument, background), fine counts and tempi "
+                         "only weakly; its numbers are not comparable with the papers' CLAP scores."),
+            measure=measure_agreement,
+            settings={"split": "test", "n_per_class": args.eval_per_class, "clip_seconds": args.clip_seconds},
+            command="python -m course_lib.metrics.agreement " + " ".join(sys.argv[1:] if argv is None else argv),
+            train_metrics=metrics, half=not args.float32,
+            notes=[f"of which {own:,} are stored here and {frozen:,} belong to the frozen text encoder "
+                   f"(`{text_name}`, loaded from its own shipped folder)",
+                   "metrics: retrieval among all test clips of the setting, each with its own caption "
+                   "(`recall_at_1`: clip to caption, chance 1/n; `pair_accuracy`: own caption above another one, "
+                   "chance 0.5; `recall_at_1_group`: best caption of a clip of the same class)"],
+            data=(f"course generators, train split: {args.n_per_class} clips per class x "
+                  f"{len(course_label_set(not args.no_music))} classes, {args.clip_seconds} s at "
+                  f"{model.sample_rate} Hz, each with {args.paraphrases} wordings of its caption; {start}"))
+        metrics = {**metrics, **{f"test_{k}": v for k, v in card["evaluation"]["metrics"].items()}}
+    else:
+        out = model.save_pretrained(args.out)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(json.dumps(metrics, indent=2))
     return metrics
 

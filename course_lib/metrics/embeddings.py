@@ -40,7 +40,7 @@ from course_lib.audio import MelConfig, log_mel, resample
 
 __all__ = ["AudioEmbedder", "prepare_audio", "AudioClassifierConfig", "ConvAudioEncoder", "CourseAudioClassifier",
            "course_label_set", "course_clips", "train_course_classifier", "measure_audio_classifier",
-           "HFAudioEmbedder", "save_random_tiny_audio", "load_audio_embedder", "SHIPPED_CLASSIFIER"]
+           "HFAudioEmbedder", "save_random_tiny_audio", "load_audio_embedder", "publish_model", "SHIPPED_CLASSIFIER"]
 
 SHIPPED_CLASSIFIER = "audio_classifier_course"  # the folder name under course_lib/pretrained/ once shipped
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
@@ -612,28 +612,123 @@ def load_audio_embedder(spec: Any = "course", local_files_only: bool = False) ->
     raise ValueError(f"unknown audio embedder spec {spec!r}: expected 'course', 'course:FOLDER' or 'hf:NAME_OR_PATH'")
 
 
+# --------------------------------------------------------------------------------------------------------
+# Shipping a trained model with its card (the format of course_lib.pretrained.publish, outside the engine)
+# --------------------------------------------------------------------------------------------------------
+
+
+def publish_model(model: nn.Module, folder: str | os.PathLike, *, name: str, model_class: str, description: str,
+                  measure: Any, settings: dict[str, Any], command: str, train_metrics: dict[str, Any], data: str,
+                  half: bool = True, notes: list[str] | None = None) -> dict[str, Any]:
+    """Save ``model`` (eval mode) into ``folder`` as a shipped model and write ``card.json`` + ``CARD.md``.
+
+    The card has the keys :mod:`course_lib.pretrained.publish` writes for engine runs (``name``,
+    ``description``, ``model_class``, ``parameters``, ``weights_dtype``, ``training`` {``command``, ``steps``,
+    ``train_seconds``, ...}, ``evaluation`` {``split``, ``settings``, ``metrics``, ``relative_tolerance``}), so
+    :func:`course_lib.pretrained.measure` and the tests re-measure it. ``measure(model, **settings)`` is run on
+    the float32 weights, then (``half=True``) the weights are stored as float16
+    (:func:`course_lib.pretrained.publish.to_half_precision`), reloaded with ``type(model).from_pretrained``
+    and measured again: the card's metrics are those of exactly the shipped file, the float32 ones are listed
+    beside them in ``CARD.md``. ``train_metrics`` (what the training function returned: ``steps``,
+    ``seconds``, losses...) goes into the card's training section; ``notes`` are extra bullet lines.
+    Returns the card (a dict)."""
+    import platform
+
+    from course_lib.pretrained.publish import to_half_precision
+
+    if "steps" not in train_metrics or "seconds" not in train_metrics:
+        raise ValueError("train_metrics must hold the training function's 'steps' and 'seconds'")
+    folder = model.save_pretrained(folder)
+    metrics_float32 = measure(model.eval(), **settings)
+    if half:
+        to_half_precision(folder / WEIGHTS_FILE)
+        model = type(model).from_pretrained(folder)
+    metrics = measure(model, **settings)
+    dtype = "float16 (computed in float32)" if half else "float32"
+    card = {
+        "name": name,
+        "description": description,
+        "model_class": model_class,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "weights_dtype": dtype,
+        "training": {
+            "command": command,
+            "checkpoint": "last",
+            "steps": train_metrics["steps"],
+            "train_seconds": round(float(train_metrics["seconds"]), 1),
+            "machine": f"{platform.machine()} CPU, torch {torch.__version__}, {torch.get_num_threads()} thread(s) "
+                       "(2-core machine, shared)",
+            "data": data,
+        },
+        "evaluation": {"split": "test (held out: never used in training)", "settings": settings, "metrics": metrics,
+                       "relative_tolerance": 0.02},
+    }
+    (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    size_mb = (folder / WEIGHTS_FILE).stat().st_size / 1e6
+    lines = [f"# {name}", "", description, "", f"- class: `{model_class}`",
+             f"- parameters: {card['parameters']:,} (weights stored as {dtype}; `{WEIGHTS_FILE}` {size_mb:.2f} MB)",
+             *[f"- {note}" for note in notes or []], f"- trained with: `{command}`",
+             f"- steps: {card['training']['steps']}, training time (data generation included): "
+             f"{card['training']['train_seconds']} s on {card['training']['machine']}", f"- data: {data}", "",
+             "## Held-out metrics", "", "Test split, fixed clip indices (deterministic); re-measured by the tests "
+             f"(`tests/test_pretrained.py`) with `course_lib.pretrained.measure({name!r})`, settings "
+             f"`{json.dumps(settings)}`:", "", f"| metric | shipped ({dtype.split()[0]}) | float32 before rounding |",
+             "|---|---|---|"]
+    lines += [f"| {k} | {round(v, 4)} | {round(metrics_float32[k], 4)} |" for k, v in metrics.items()]
+    lines += ["", "## Training run", "", "```yaml", *[f"{k}: {round(v, 4) if isinstance(v, float) else v}"
+                                                  for k, v in train_metrics.items()], "```", ""]
+    (folder / "CARD.md").write_text("\n".join(lines))
+    return card
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """``python -m course_lib.metrics.embeddings --out DIR``: train the course classifier, save it to ``DIR``
-    with ``metrics.json`` (the test-split accuracies), and print the metrics."""
+    with ``metrics.json`` (the test-split accuracies), and print the metrics. With ``--publish``: write the
+    shipped model's card (``card.json`` + ``CARD.md``, :func:`publish_model`) instead of ``metrics.json``,
+    with weights stored as float16 unless ``--float32``; the card's command is this command line."""
     import argparse
+    import sys
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--out", required=True, help="folder to write config.json, model.safetensors, metrics.json")
     parser.add_argument("--n-per-class", type=int, default=32)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--clip-seconds", type=float, default=2.0)
-    parser.add_argument("--eval-per-class", type=int, default=16)
+    parser.add_argument("--eval-per-class", type=int, default=16,
+                        help="test clips per class measured after training (and for the card with --publish)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-music", action="store_true", help="sound-event classes only")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--publish", action="store_true", help=f"write card.json + CARD.md (as {SHIPPED_CLASSIFIER})")
+    parser.add_argument("--float32", action="store_true", help="with --publish: keep float32 weights")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model, metrics = train_course_classifier(n_per_class=args.n_per_class, steps=args.steps,
                                              clip_seconds=args.clip_seconds, seed=args.seed,
-                                             music=not args.no_music, eval_per_class=args.eval_per_class,
+                                             music=not args.no_music,
+                                             eval_per_class=0 if args.publish else args.eval_per_class,
                                              progress=True)
-    out = model.save_pretrained(args.out)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if args.publish:
+        n_music = sum(c.startswith("music/") for c in model.classes)
+        card = publish_model(
+            model, args.out, name=SHIPPED_CLASSIFIER, model_class="course_lib.metrics.embeddings:CourseAudioClassifier",
+            description=(f"The course's audio classifier, the default embedding model of FAD (its {model.dim}-wide "
+                         f"penultimate layer) and KL (its softmax over {len(model.classes)} classes: "
+                         f"{len(model.classes) - n_music} sound events + {n_music} music instruments): "
+                         f"{len(model.config.channels)} 1-D conv blocks over a {model.config.n_mels}-band log-mel at "
+                         f"{model.sample_rate // 1000} kHz, mean + max pooling. Trained on the course's generated "
+                         "clips: its FAD and KL values are not comparable with the papers' VGGish / PANNs / PaSST ones."),
+            measure=measure_audio_classifier,
+            settings={"split": "test", "n_per_class": args.eval_per_class, "clip_seconds": args.clip_seconds},
+            command="python -m course_lib.metrics.embeddings " + " ".join(sys.argv[1:] if argv is None else argv),
+            train_metrics=metrics, half=not args.float32,
+            data=(f"course generators, train split: {args.n_per_class} clips per class x {len(model.classes)} "
+                  f"classes, {args.clip_seconds} s at {model.sample_rate} Hz, indices from seed x 10^6; log-mels "
+                  "rolled in time by a random number of frames (augmentation)"))
+        metrics = {**metrics, **{f"test_{k}": v for k, v in card["evaluation"]["metrics"].items()}}
+    else:
+        out = model.save_pretrained(args.out)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(json.dumps(metrics, indent=2))
     return metrics
 

@@ -31,6 +31,12 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "text_encoder_course": ("course_lib.text.course_encoder:CourseTextEncoder",
                             "course_lib.text.captions:measure_text_encoder"),
     "audiogen_course": ("course_lib.lm.model:AudioLM", "course_lib.pretrained.measures:measure_audiogen"),
+    "diffsound_course": ("course_lib.diffusion.diffsound:DiffsoundModel",
+                         "course_lib.pretrained.measures:measure_diffsound"),
+    "diffsound_ar_course": ("course_lib.lm.model:AudioLM", "course_lib.pretrained.measures:measure_diffsound"),
+    "audio_classifier_course": ("course_lib.metrics.embeddings:CourseAudioClassifier",
+                                "course_lib.metrics.embeddings:measure_audio_classifier"),
+    "agreement_course": ("course_lib.metrics.agreement:AgreementModel", "course_lib.metrics.agreement:measure_agreement"),
 }
 
 

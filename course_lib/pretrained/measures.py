@@ -172,7 +172,7 @@ def measure_audiogen(model, n_prompts: int = 24, seconds: float = 2.0, cfg_scale
 def measure_diffsound(model, n_prompts: int = 24, seconds: float = 2.0, steps: int | None = None,
                       cfg_scale: float = 3.0, seed: int = 0, vqvae=None, vocoder=None, text_encoder=None,
                       truncation: float | None = 0.86, temperature: float = 1.0, top_k: int | None = None,
-                      batch_size: int = 12) -> dict[str, float]:
+                      batch_size: int = 12, timing: bool = True) -> dict[str, float]:
     """Diffsound token decoder (a ``DiffsoundModel``, or the AR-baseline ``AudioLM``): prompt adherence on fresh
     test-split sound-event captions, read back by the probes, and generation time.
 
@@ -191,7 +191,7 @@ def measure_diffsound(model, n_prompts: int = 24, seconds: float = 2.0, steps: i
     ``ceiling_*`` are the same probes on the real clips through the VQ-VAE and the vocoder: the most any token
     decoder can reach through them. ``seconds_per_clip`` is the token decoder's wall-clock time per clip (the
     VQ-VAE decoder and vocoder, shared by both decoders, are not counted): the one key that is not
-    deterministic; every rate is, for fixed arguments.
+    deterministic (``timing=False`` leaves it out, as the shipped cards do); every rate is, for fixed arguments.
     """
     import time
 
@@ -220,5 +220,207 @@ def measure_diffsound(model, n_prompts: int = 24, seconds: float = 2.0, steps: i
         ceiling.append(pipe.vocode(pipe.tokens_to_mel(pipe.tokenize(real), seconds))[..., : pipe.num_samples(seconds)])
     metrics = _adherence_rates(torch.cat(generated), rate, clips, classifier)
     metrics.update({f"ceiling_{k}": v for k, v in _adherence_rates(torch.cat(ceiling), rate, clips, classifier).items()})
+    if timing:
+        metrics["seconds_per_clip"] = round(elapsed / n_prompts, 4)
+    return metrics
+
+
+# ---- Noise2Music: the generator, the cascader and the cascade --------------------------------------------------
+
+_INSTRUMENT_PROBES: dict[tuple[float, int], torch.nn.Module] = {}  # (clip_seconds, sample_rate) -> trained probe
+
+
+def _instrument_probe(clip_seconds: float, sample_rate: int) -> torch.nn.Module:
+    """The instrument probe of the Noise2Music measures at ``sample_rate`` (3.2 kHz for low-rate audio, 16 kHz for
+    the cascade's): :func:`course_lib.data.music_probes.train_instrument_classifier` with seed 0 on 40
+    ``clip_seconds`` train-split clips per instrument, trained once per process (5-10 s on one thread)."""
+    from course_lib.data.music_probes import train_instrument_classifier
+
+    key = (float(clip_seconds), int(sample_rate))
+    if key not in _INSTRUMENT_PROBES:
+        with torch.enable_grad():  # the callers measure under no_grad
+            _INSTRUMENT_PROBES[key] = train_instrument_classifier(n_per_class=40, seed=0, clip_seconds=clip_seconds,
+                                                                  sample_rate=sample_rate)
+    return _INSTRUMENT_PROBES[key]
+
+
+def _music_rates(audio: torch.Tensor, sample_rate: int, clips: list, classifier, prefix: str = "") -> dict[str, float]:
+    """:func:`~course_lib.data.music_probes.summarise_adherence` of ``audio`` ``(N, 1, T)`` against the clips'
+    attributes: ``tempo_accuracy`` (±8%), ``tempo_error_bpm`` (median), ``mode_accuracy``, ``instrument_accuracy``."""
+    from course_lib.data.music_probes import music_adherence, summarise_adherence
+
+    checks = [music_adherence(a[0].cpu().numpy(), sample_rate, c.attributes, classifier) for a, c in zip(audio, clips)]
+    return {f"{prefix}{k}": v for k, v in summarise_adherence(checks).items()}
+
+
+def _n2m_setup(n_prompts: int, seconds: float, batch_size: int) -> list:
+    """Validate the shared arguments; the test-split music clips ``0 … n_prompts − 1`` (16 kHz, ``seconds`` long)."""
+    if isinstance(n_prompts, bool) or not isinstance(n_prompts, int) or n_prompts < 1:
+        raise ValueError(f"n_prompts must be a positive int, got {n_prompts!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 1.0:
+        raise ValueError(f"seconds must be a number >= 1 (the music generator's shortest clip), got {seconds!r}")
+    return list(music.generate_clips("test", n_prompts, float(seconds), 16_000))
+
+
+def _n2m_pipeline(generator, cascader, text_encoder):
+    from course_lib.pipelines.audiogen import load_text
+    from course_lib.pipelines.noise2music import Noise2MusicPipeline, load_stage
+
+    return Noise2MusicPipeline(None if generator is None else load_stage(generator),
+                               None if cascader is None else load_stage(cascader),
+                               load_text(text_encoder if text_encoder is not None else "course"))
+
+
+def _band_energy_db(audio: torch.Tensor, reference: torch.Tensor, above_hz: float, sample_rate: int) -> torch.Tensor:
+    """``10·log10`` of the energy of ``audio`` above ``above_hz`` over that of ``reference``, per clip ``(B,)``."""
+    freqs = torch.fft.rfftfreq(audio.shape[-1], 1.0 / sample_rate).to(audio.device)
+    band = freqs >= above_hz
+    energy = [torch.fft.rfft(x[:, 0].float()).abs().pow(2)[:, band].sum(dim=1) for x in (audio, reference)]
+    return 10 * torch.log10(energy[0].clamp_min(1e-12) / energy[1].clamp_min(1e-12))
+
+
+def _real_batch(part: list, pipe) -> torch.Tensor:
+    return torch.from_numpy(np.stack([c.audio for c in part]))[:, None].to(pipe.device)
+
+
+@torch.no_grad()
+def measure_n2m_generator(model, n_prompts: int = 24, seconds: float = 4.0, steps: int | None = None,
+                          cfg_scale: float | None = None, seed: int = 0, text_encoder=None,
+                          batch_size: int = 12) -> dict[str, float]:
+    """Noise2Music generator (a ``Noise2MusicStage``, a shipped name or a folder): prompt adherence of its
+    low-rate (3.2 kHz) audio on fresh test-split music captions, read back by the music probes.
+
+    The captions of test-split music clips ``0 … n_prompts − 1`` (instruments cycle with the index) are
+    generated ``seconds`` long by :meth:`Noise2MusicPipeline.generate_low` (DDIM, ``steps`` and guidance
+    ``cfg_scale``: None = the model's ``diffusion.num_steps`` / ``guidance_scale``, 1 = no guidance; batch ``b``
+    seeded ``seed + b``; ``text_encoder`` defaults to ``"course"``) and checked with
+    :func:`course_lib.data.music_probes.music_adherence` at the low rate: ``tempo_accuracy`` (within ±8%),
+    ``tempo_error_bpm`` (median absolute error), ``mode_accuracy`` (major/minor on the prompt's tonic),
+    ``instrument_accuracy`` (the 3.2 kHz instrument probe). ``ceiling_*``: the same probes on the real clips
+    at the low rate (peak-scaled and resampled, what the generator is trained to produce).
+    ``seconds_per_clip`` is the generator's wall-clock time per clip, the one key that is not deterministic.
+    """
+    import time
+
+    clips = _n2m_setup(n_prompts, seconds, batch_size)
+    pipe = _n2m_pipeline(model, None, text_encoder)
+    rate = pipe.low_rate
+    generated, real, elapsed = [], [], 0.0
+    for b, start in enumerate(range(0, n_prompts, batch_size)):
+        part = clips[start:start + batch_size]
+        t0 = time.perf_counter()
+        generated.append(pipe.generate_low([c.caption for c in part], seconds, steps, cfg_scale, seed + b))
+        elapsed += time.perf_counter() - t0
+        real.append(pipe.to_low(_real_batch(part, pipe), 16_000))
+    probe = _instrument_probe(float(seconds), rate)
+    metrics = _music_rates(torch.cat(generated), rate, clips, probe)
+    metrics.update(_music_rates(torch.cat(real), rate, clips, probe, "ceiling_"))
     metrics["seconds_per_clip"] = round(elapsed / n_prompts, 4)
+    return metrics
+
+
+@torch.no_grad()
+def measure_n2m_cascader(model, n_prompts: int = 24, seconds: float = 2.0, steps: int | None = None,
+                         cfg_scale: float | None = None, aug_level: float | None = None, seed: int = 0,
+                         text_encoder=None, batch_size: int = 12) -> dict[str, float]:
+    """Noise2Music cascader (a ``Noise2MusicStage``, name or folder) on real low-rate audio: how close its 16 kHz
+    output comes to the real clip, and whether the probes still read the prompt from it.
+
+    The test-split music clips ``0 … n_prompts − 1`` (``seconds`` long) go through
+    :meth:`Noise2MusicPipeline.to_low` (peak 0.9, 3.2 kHz) and :meth:`Noise2MusicPipeline.upsample` with their
+    captions (``steps``, ``cfg_scale``, ``aug_level``: None = the model's own; batch ``b`` seeded ``seed + b``).
+    ``mel_db``: :func:`course_lib.metrics.log_mel_distance_db` from the output to the real (peak-scaled) clip;
+    ``input_mel_db``: the same for the low-rate input upsampled by a sinc filter (no high band: what the
+    cascader has to beat). ``high_band_db``: the output's energy above ``low_rate / 2`` (the band the cascader
+    adds) against the real clip's, in dB, mean over clips: 0 is the right amount, very negative is a missing
+    high band, positive is too much (hiss). The music probes at 16 kHz: ``tempo_accuracy``, ``tempo_error_bpm``,
+    ``mode_accuracy``, ``instrument_accuracy`` (the 16 kHz instrument probe); ``ceiling_*`` on the real clips.
+    ``seconds_per_clip``: the cascader's wall-clock time per clip (not deterministic; the rest is).
+    """
+    import time
+
+    from course_lib.audio import resample
+    from course_lib.metrics import log_mel_distance_db
+    from course_lib.pipelines.noise2music import scale_to_peak
+
+    clips = _n2m_setup(n_prompts, seconds, batch_size)
+    pipe = _n2m_pipeline(None, model, text_encoder)
+    rate, peak = pipe.sample_rate, pipe.cascader.config.peak
+    outputs, reals, mel, input_mel, high_db, elapsed = [], [], [], [], [], 0.0
+    for b, start in enumerate(range(0, n_prompts, batch_size)):
+        part = clips[start:start + batch_size]
+        real = scale_to_peak(_real_batch(part, pipe), peak)
+        low = pipe.to_low(real, 16_000)
+        t0 = time.perf_counter()
+        out = pipe.upsample(low, [c.caption for c in part], steps, cfg_scale, aug_level, seed + b)
+        elapsed += time.perf_counter() - t0
+        n = out.shape[-1]
+        mel.append(log_mel_distance_db(out, real[..., :n]))
+        high_db.append(_band_energy_db(out, real[..., :n], pipe.low_rate / 2, rate))
+        input_mel.append(log_mel_distance_db(resample(low, pipe.low_rate, rate)[..., :n], real[..., :n]))
+        outputs.append(out)
+        reals.append(real)
+    probe = _instrument_probe(float(seconds), rate)
+    metrics = _music_rates(torch.cat(outputs), rate, clips, probe)
+    metrics.update(_music_rates(torch.cat(reals), rate, clips, probe, "ceiling_"))
+    metrics["mel_db"] = round(float(torch.cat(mel).mean()), 3)
+    metrics["input_mel_db"] = round(float(torch.cat(input_mel).mean()), 3)
+    metrics["high_band_db"] = round(float(torch.cat(high_db).mean()), 3)
+    metrics["seconds_per_clip"] = round(elapsed / n_prompts, 4)
+    return metrics
+
+
+@torch.no_grad()
+def measure_noise2music(generator, cascader, n_prompts: int = 24, seconds: float = 4.0, steps: int | None = None,
+                        cfg_scale: float | None = None, casc_steps: int | None = None,
+                        casc_cfg_scale: float | None = None, aug_level: float | None = None, seed: int = 0,
+                        text_encoder=None, batch_size: int = 12, through_cascader: bool = True) -> dict[str, float]:
+    """The whole cascade: prompt adherence of the final 16 kHz music on fresh test-split music captions.
+
+    The captions of test-split music clips ``0 … n_prompts − 1`` are generated ``seconds`` long by
+    :meth:`Noise2MusicPipeline.generate` (generator ``steps`` / ``cfg_scale``, cascader ``casc_steps`` /
+    ``casc_cfg_scale`` / ``aug_level``; None = each stage's own; batch ``b`` seeded ``seed + b``) and read back
+    at 16 kHz: ``tempo_accuracy`` (±8%), ``tempo_error_bpm`` (median), ``mode_accuracy`` (on the prompt's
+    tonic), ``instrument_accuracy`` (the 16 kHz probe). ``low_*``: the same probes on the generator's low-rate
+    output (3.2 kHz probe), so a drop from ``low_*`` to the final numbers is the cascader's. Ceilings, on the
+    real test clips: ``ceiling_*`` the real 16 kHz clips themselves (what perfect generation would score);
+    with ``through_cascader``, ``cascade_ceiling_*`` the real clips brought to the low rate and upsampled by
+    the cascader (the most a perfect generator could reach through this cascader). Timing, not deterministic
+    (the rest is): ``seconds_per_clip_generator``, ``seconds_per_clip_cascader`` (wall-clock per clip) and
+    ``seconds_per_audio_second`` (both stages, per second of music).
+    """
+    import time
+
+    from course_lib.pipelines.noise2music import scale_to_peak
+
+    clips = _n2m_setup(n_prompts, seconds, batch_size)
+    pipe = _n2m_pipeline(generator, cascader, text_encoder)
+    lows, finals, reals, cascaded = [], [], [], []
+    t_gen = t_casc = 0.0
+    for b, start in enumerate(range(0, n_prompts, batch_size)):
+        part = clips[start:start + batch_size]
+        captions = [c.caption for c in part]
+        t0 = time.perf_counter()
+        low = pipe.generate_low(captions, seconds, steps, cfg_scale, seed + b)
+        t1 = time.perf_counter()
+        finals.append(pipe.upsample(low, captions, casc_steps, casc_cfg_scale, aug_level, seed + b))
+        t_gen, t_casc = t_gen + t1 - t0, t_casc + time.perf_counter() - t1
+        lows.append(low)
+        real = scale_to_peak(_real_batch(part, pipe), pipe.cascader.config.peak)
+        reals.append(real)
+        if through_cascader:
+            cascaded.append(pipe.upsample(pipe.to_low(real, 16_000), captions, casc_steps, casc_cfg_scale, aug_level,
+                                          seed + b))
+    rate, low_rate = pipe.sample_rate, pipe.low_rate
+    probe = _instrument_probe(float(seconds), rate)
+    metrics = _music_rates(torch.cat(finals), rate, clips, probe)
+    metrics.update(_music_rates(torch.cat(lows), low_rate, clips, _instrument_probe(float(seconds), low_rate), "low_"))
+    metrics.update(_music_rates(torch.cat(reals), rate, clips, probe, "ceiling_"))
+    if through_cascader:
+        metrics.update(_music_rates(torch.cat(cascaded), rate, clips, probe, "cascade_ceiling_"))
+    metrics["seconds_per_clip_generator"] = round(t_gen / n_prompts, 4)
+    metrics["seconds_per_clip_cascader"] = round(t_casc / n_prompts, 4)
+    metrics["seconds_per_audio_second"] = round((t_gen + t_casc) / (n_prompts * seconds), 4)
     return metrics
