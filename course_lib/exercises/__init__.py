@@ -29,6 +29,8 @@ from course_lib.exercises.ex03 import LESSON as LESSON_03  # noqa: F401  (regist
 from course_lib.exercises.ex04 import LESSON as LESSON_04  # noqa: F401  (registers lesson 04's checks)
 from course_lib.exercises.ex05 import LESSON as LESSON_05  # noqa: F401  (registers lesson 05's checks)
 from course_lib.exercises.ex06 import LESSON as LESSON_06  # noqa: F401  (registers lesson 06's checks)
+from course_lib.exercises.ex07 import LESSON as LESSON_07  # noqa: F401  (registers lesson 07's checks)
+from course_lib.exercises.ex08 import LESSON as LESSON_08  # noqa: F401  (registers lesson 08's checks)
 
 __all__ = [
     "DEFAULT_TIME_LIMIT",

@@ -13,10 +13,17 @@ imports them.
 
 from course_lib.pipelines.audiogen import AudioGenPipeline, load_codec, load_lm
 from course_lib.pipelines.diffsound import DiffsoundPipeline, grid_to_sequence, sequence_to_grid
+from course_lib.pipelines.noise2music import Noise2MusicPipeline, Noise2MusicStage, Noise2MusicStageConfig
 
-__all__ = ["AudioGenPipeline", "load_codec", "load_lm", "DiffsoundPipeline", "grid_to_sequence", "sequence_to_grid"]
+__all__ = ["AudioGenPipeline", "load_codec", "load_lm", "DiffsoundPipeline", "grid_to_sequence", "sequence_to_grid",
+           "Noise2MusicPipeline", "Noise2MusicStage", "Noise2MusicStageConfig"]
 
 # ``diffsound``: :class:`DiffsoundPipeline` (course text encoder → Diffsound's discrete-diffusion token decoder, or
 # its AR baseline → mel VQ-VAE decoder → MelGAN or Griffin-Lim vocoder):
 #     pipe = DiffsoundPipeline.from_pretrained()               # the shipped decoder, VQ-VAE, MelGAN and encoder
 #     audio = pipe(["a dog barks twice"], seconds=2.0, steps=25)   # (1, 1, 32000) at 16 kHz
+
+# ``noise2music``: :class:`Noise2MusicPipeline` (course text encoder → generator: a 1-D U-Net diffusion model that
+# samples 3.2 kHz audio → cascader: a 1-D U-Net that samples 16 kHz audio given the upsampled low-rate audio):
+#     pipe = Noise2MusicPipeline.from_pretrained()             # the shipped generator, cascader and encoder
+#     low, audio = pipe(["a calm piano melody in C major at 90 bpm"], seconds=4.0, return_low=True)

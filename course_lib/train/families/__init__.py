@@ -21,6 +21,8 @@ _BUILTIN: dict[str, str] = {
     "audiogen": "course_lib.train.families.audiogen",
     "diffsound": "course_lib.train.families.diffsound",
     "diffsound_ar": "course_lib.train.families.diffsound",
+    "n2m_generator": "course_lib.train.families.noise2music",
+    "n2m_cascader": "course_lib.train.families.noise2music",
 }
 
 _REGISTRY: dict[str, Family] = {}
