@@ -28,7 +28,6 @@ and renormalises, as the improved VQ-Diffusion does; the null condition is the c
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,11 +37,11 @@ from torch import Tensor, nn
 
 from course_lib.diffusion.discrete import DiscreteDiffusion, MaskReplaceSchedule
 from course_lib.nn.guidance import cfg_mix, null_mask_like
+from course_lib.nn.saving import CONFIG_FILE, WEIGHTS_FILE, load_pretrained, save_pretrained  # noqa: F401 (re-exported)
 from course_lib.nn.transformer import Transformer, sinusoidal_embedding
 
 __all__ = ["DiffsoundConfig", "DiffsoundModel", "PAPER_CONFIG"]
 
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
 # Diffsound's released configuration (code: Diffsound/configs/caps.yaml): 19 layers, width 1024, 16 heads,
 # MLP ×4, CLIP ViT-B/32 token embeddings (512-d), a 5 × 53 grid of a 256-entry codebook, T = 100, auxiliary
@@ -353,22 +352,9 @@ class DiffsoundModel(nn.Module):
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Write ``model.safetensors`` and ``config.json`` into ``folder`` (created if needed); return it."""
-        from safetensors.torch import save_model
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_model(self, str(folder / WEIGHTS_FILE))
-        (folder / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2))
-        return folder
+        return save_pretrained(self, self.config, folder)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, map_location: str | torch.device = "cpu") -> DiffsoundModel:
         """Inverse of :meth:`save_pretrained` (JSON config + safetensors, nothing unpickled); eval mode."""
-        from safetensors.torch import load_model
-
-        folder = Path(folder)
-        if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
-            raise FileNotFoundError(f"{folder} does not hold a saved DiffsoundModel ({CONFIG_FILE} and {WEIGHTS_FILE})")
-        model = cls(DiffsoundConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text())))
-        load_model(model, str(folder / WEIGHTS_FILE), device=str(map_location))
-        return model.to(map_location).eval()
+        return load_pretrained(cls, DiffsoundConfig, folder, map_location)

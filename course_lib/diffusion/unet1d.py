@@ -35,7 +35,6 @@ Efficient U-Net made 1-D (see its comment for what is and is not confirmed).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -46,11 +45,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from course_lib.nn.attention import MultiHeadAttention
+from course_lib.nn.saving import CONFIG_FILE, WEIGHTS_FILE, load_pretrained, save_pretrained  # noqa: F401 (re-exported)
 from course_lib.nn.transformer import sinusoidal_embedding
 
 __all__ = ["UNet1D", "UNet1DConfig", "PAPER_CONFIGS", "ResBlock1D", "AttentionBlock1D"]
 
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 SKIP_SCALE = 2 ** -0.5
 
 # Paper-scale settings, as keyword arguments of UNet1DConfig. Never build these on a laptop.
@@ -452,22 +451,9 @@ class UNet1D(nn.Module):
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Write ``model.safetensors`` and ``config.json`` into ``folder`` (created if needed); return it."""
-        from safetensors.torch import save_model
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_model(self, str(folder / WEIGHTS_FILE))
-        (folder / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2))
-        return folder
+        return save_pretrained(self, self.config, folder)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, map_location: str | torch.device = "cpu") -> UNet1D:
         """Inverse of :meth:`save_pretrained` (JSON config + safetensors, nothing unpickled); eval mode."""
-        from safetensors.torch import load_model
-
-        folder = Path(folder)
-        if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
-            raise FileNotFoundError(f"{folder} does not hold a saved UNet1D ({CONFIG_FILE} and {WEIGHTS_FILE})")
-        model = cls(UNet1DConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text())))
-        load_model(model, str(folder / WEIGHTS_FILE), device=str(map_location))
-        return model.to(map_location).eval()
+        return load_pretrained(cls, UNet1DConfig, folder, map_location)

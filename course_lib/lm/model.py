@@ -23,7 +23,6 @@ classifier-free guidance drops to during training and feeds as the unconditional
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +32,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from course_lib.lm.patterns import PATTERNS, Pattern, make_pattern
+from course_lib.nn.saving import CONFIG_FILE, WEIGHTS_FILE, load_pretrained, save_pretrained  # noqa: F401 (re-exported)
 from course_lib.nn.transformer import Transformer, TransformerCache, sinusoidal_embedding
 
 __all__ = ["AudioLM", "AudioLMConfig", "PAPER_CONFIGS"]
 
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 POSITIONALS = ("sinusoidal", "learned")
 
 # Paper-scale settings, as keyword arguments of AudioLMConfig. Never build these on a laptop.
@@ -250,22 +249,9 @@ class AudioLM(nn.Module):
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Write ``model.safetensors`` and ``config.json`` into ``folder`` (created if needed); return it."""
-        from safetensors.torch import save_model
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_model(self, str(folder / WEIGHTS_FILE))
-        (folder / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2))
-        return folder
+        return save_pretrained(self, self.config, folder)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, map_location: str | torch.device = "cpu") -> AudioLM:
         """Inverse of :meth:`save_pretrained` (JSON config + safetensors, nothing unpickled); eval mode."""
-        from safetensors.torch import load_model
-
-        folder = Path(folder)
-        if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
-            raise FileNotFoundError(f"{folder} does not hold a saved AudioLM ({CONFIG_FILE} and {WEIGHTS_FILE})")
-        model = cls(AudioLMConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text())))
-        load_model(model, str(folder / WEIGHTS_FILE), device=str(map_location))
-        return model.to(map_location).eval()
+        return load_pretrained(cls, AudioLMConfig, folder, map_location)
