@@ -12,8 +12,10 @@ LAB_IP ?= 0.0.0.0
 LAB_OPEN := --ServerApp.root_dir="$(CURDIR)" --ServerApp.default_url=/lab/tree/$(LESSON0)
 # JupyterLab refuses to run as root (containers, CI) unless told it may.
 LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
+# Extra arguments for the comparison harness, e.g. make compare COMPARE_ARGS="--size quick --systems audiogen,diffsound"
+COMPARE_ARGS ?=
 
-.PHONY: help install check lab lab-headless test lint exercises exercises-check grade course strip clean
+.PHONY: help install check lab lab-headless test lint exercises exercises-check grade course compare strip clean
 
 help:
 	@echo "make lab           set up (first time) and open JupyterLab on lesson 00"
@@ -23,6 +25,8 @@ help:
 	@echo "make exercises     regenerate exercises/ from solutions/"
 	@echo "make grade SUB=path/to/notebook-or-folder [CSV=grades.csv]"
 	@echo "make course        run every lesson at default size, render HTML under build/, print timings"
+	@echo "make compare       every shipped model on the same held-out prompts: table + plot under build/compare"
+	@echo "                   [COMPARE_ARGS=\"--size quick\"]"
 	@echo "make strip         remove outputs from notebooks before committing"
 
 $(STAMP): pyproject.toml
@@ -61,6 +65,9 @@ grade: $(STAMP)
 
 course: $(STAMP)
 	$(PY) -m course_lib.course_runner --out build
+
+compare: $(STAMP)
+	$(PY) -m course_lib.compare --out build/compare $(COMPARE_ARGS)
 
 strip: $(STAMP)
 	$(PY) -m course_lib.course_runner --strip

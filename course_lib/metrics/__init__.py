@@ -15,13 +15,14 @@ Evaluation of generators (lesson 08):
 
 from importlib import import_module
 
+# fad and kl are imported eagerly: the function `fad` must win over the submodule of the same name (a lazy
+# export would be shadowed by the submodule once anything imports `course_lib.metrics.fad`).
+from course_lib.metrics.fad import fad, fad_infinity, frechet_distance, gaussian_stats, sample_size_bias
+from course_lib.metrics.kl import classifier_kl, paired_kl
 from course_lib.metrics.spectral import log_mel_distance_db
 
 # imported on first use, so `python -m course_lib.metrics.embeddings` / `.agreement` run cleanly
 _LAZY = {
-    **{name: "course_lib.metrics.fad" for name in ("fad", "fad_infinity", "frechet_distance", "gaussian_stats",
-                                                   "sample_size_bias")},
-    **{name: "course_lib.metrics.kl" for name in ("paired_kl", "classifier_kl")},
     **{name: "course_lib.metrics.embeddings" for name in ("AudioEmbedder", "CourseAudioClassifier", "HFAudioEmbedder",
                                                           "load_audio_embedder", "train_course_classifier")},
     **{name: "course_lib.metrics.agreement" for name in ("AgreementModel", "HFClapAgreement", "agreement_score",
@@ -29,7 +30,8 @@ _LAZY = {
                                                          "train_agreement_model")},
 }
 
-__all__ = ["log_mel_distance_db", *_LAZY]
+__all__ = ["log_mel_distance_db", "fad", "fad_infinity", "frechet_distance", "gaussian_stats", "sample_size_bias",
+           "paired_kl", "classifier_kl", *_LAZY]
 
 
 def __getattr__(name: str):

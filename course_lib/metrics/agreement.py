@@ -12,9 +12,10 @@ idea at laptop scale:
 * loss: CLIP's symmetric InfoNCE (:func:`info_nce_loss`) with a learnable temperature (``logit_scale =
   log(1/τ)``, initialised at τ = 0.07 and clamped at 100, as in CLIP).
 
-What it can see: the facts the course captions state and the audio carries (class, roughly pitch band,
-background, instrument, drums, pace). What it cannot: anything it was not trained on, and fine counts or
-exact tempi only weakly; a high score says "the caption and the clip agree *as far as this small model
+What it can see: the class of a sound, and the facts that come with it (background, instrument, drums).
+What it cannot: anything it was not trained on; and, measured in lesson 08 on held-out clips, captions
+that differ in one fact only — the pitch band, the count or the tempo — are told apart no better than
+chance (the true caption wins 50–64% of such pairs). A high score says "the caption and the clip agree *as far as this small model
 can tell*". Its numbers are not comparable with CLAP scores in papers.
 
 The real route: :class:`HFClapAgreement` loads a ``transformers`` ``ClapModel`` (e.g.
@@ -451,9 +452,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          f"classifier's conv audio tower and a linear projection, the frozen course text encoder "
                          f"(`{text_name}`, mean-pooled) and a 2-layer MLP projection, into a shared "
                          f"{cfg.embed_dim}-wide space; trained with symmetric InfoNCE and a learnable temperature. "
-                         "The score of a clip and a caption is their cosine. It sees what the course captions state "
-                         "and the audio carries (class, pitch band, instrument, background), fine counts and tempi "
-                         "only weakly; its numbers are not comparable with the papers' CLAP scores."),
+                         "The score of a clip and a caption is their cosine. It tells classes apart (the true caption "
+                         "beats another clip's in 99% of held-out pairs) but not captions that differ only in pitch "
+                         "band, count or tempo (50-64% of pairs, near chance: lesson 08); its numbers are not "
+                         "comparable with the papers' CLAP scores."),
             measure=measure_agreement,
             settings={"split": "test", "n_per_class": args.eval_per_class, "clip_seconds": args.clip_seconds},
             command="python -m course_lib.metrics.agreement " + " ".join(sys.argv[1:] if argv is None else argv),

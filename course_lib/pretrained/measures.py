@@ -288,7 +288,7 @@ def _real_batch(part: list, pipe) -> torch.Tensor:
 @torch.no_grad()
 def measure_n2m_generator(model, n_prompts: int = 24, seconds: float = 4.0, steps: int | None = None,
                           cfg_scale: float | None = None, seed: int = 0, text_encoder=None,
-                          batch_size: int = 12) -> dict[str, float]:
+                          batch_size: int = 12, timing: bool = True) -> dict[str, float]:
     """Noise2Music generator (a ``Noise2MusicStage``, a shipped name or a folder): prompt adherence of its
     low-rate (3.2 kHz) audio on fresh test-split music captions, read back by the music probes.
 
@@ -300,7 +300,8 @@ def measure_n2m_generator(model, n_prompts: int = 24, seconds: float = 4.0, step
     ``tempo_error_bpm`` (median absolute error), ``mode_accuracy`` (major/minor on the prompt's tonic),
     ``instrument_accuracy`` (the 3.2 kHz instrument probe). ``ceiling_*``: the same probes on the real clips
     at the low rate (peak-scaled and resampled, what the generator is trained to produce).
-    ``seconds_per_clip`` is the generator's wall-clock time per clip, the one key that is not deterministic.
+    ``seconds_per_clip`` is the generator's wall-clock time per clip, the one key that is not deterministic
+    (``timing=False`` leaves it out, as the shipped card does).
     """
     import time
 
@@ -317,14 +318,15 @@ def measure_n2m_generator(model, n_prompts: int = 24, seconds: float = 4.0, step
     probe = _instrument_probe(float(seconds), rate)
     metrics = _music_rates(torch.cat(generated), rate, clips, probe)
     metrics.update(_music_rates(torch.cat(real), rate, clips, probe, "ceiling_"))
-    metrics["seconds_per_clip"] = round(elapsed / n_prompts, 4)
+    if timing:
+        metrics["seconds_per_clip"] = round(elapsed / n_prompts, 4)
     return metrics
 
 
 @torch.no_grad()
 def measure_n2m_cascader(model, n_prompts: int = 24, seconds: float = 2.0, steps: int | None = None,
                          cfg_scale: float | None = None, aug_level: float | None = None, seed: int = 0,
-                         text_encoder=None, batch_size: int = 12) -> dict[str, float]:
+                         text_encoder=None, batch_size: int = 12, timing: bool = True) -> dict[str, float]:
     """Noise2Music cascader (a ``Noise2MusicStage``, name or folder) on real low-rate audio: how close its 16 kHz
     output comes to the real clip, and whether the probes still read the prompt from it.
 
@@ -337,7 +339,8 @@ def measure_n2m_cascader(model, n_prompts: int = 24, seconds: float = 2.0, steps
     adds) against the real clip's, in dB, mean over clips: 0 is the right amount, very negative is a missing
     high band, positive is too much (hiss). The music probes at 16 kHz: ``tempo_accuracy``, ``tempo_error_bpm``,
     ``mode_accuracy``, ``instrument_accuracy`` (the 16 kHz instrument probe); ``ceiling_*`` on the real clips.
-    ``seconds_per_clip``: the cascader's wall-clock time per clip (not deterministic; the rest is).
+    ``seconds_per_clip``: the cascader's wall-clock time per clip (not deterministic, the rest is; ``timing=False``
+    leaves it out, as the shipped card does).
     """
     import time
 
@@ -368,7 +371,8 @@ def measure_n2m_cascader(model, n_prompts: int = 24, seconds: float = 2.0, steps
     metrics["mel_db"] = round(float(torch.cat(mel).mean()), 3)
     metrics["input_mel_db"] = round(float(torch.cat(input_mel).mean()), 3)
     metrics["high_band_db"] = round(float(torch.cat(high_db).mean()), 3)
-    metrics["seconds_per_clip"] = round(elapsed / n_prompts, 4)
+    if timing:
+        metrics["seconds_per_clip"] = round(elapsed / n_prompts, 4)
     return metrics
 
 
