@@ -15,14 +15,15 @@ Evaluation of generators (lesson 08):
 
 from importlib import import_module
 
-# fad and kl are imported eagerly: the function `fad` must win over the submodule of the same name (a lazy
-# export would be shadowed by the submodule once anything imports `course_lib.metrics.fad`).
-from course_lib.metrics.fad import fad, fad_infinity, frechet_distance, gaussian_stats, sample_size_bias
-from course_lib.metrics.kl import classifier_kl, paired_kl
 from course_lib.metrics.spectral import log_mel_distance_db
 
-# imported on first use, so `python -m course_lib.metrics.embeddings` / `.agreement` run cleanly
+# Imported on first use, so `python -m course_lib.metrics.embeddings` / `.agreement` run cleanly. The function
+# `fad` is NOT exported here: `course_lib.metrics.fad` is its submodule, and one name cannot be both (the package
+# attribute flips to the submodule as soon as anything imports it). Use `from course_lib.metrics.fad import fad`.
 _LAZY = {
+    **{name: "course_lib.metrics.fad" for name in ("fad_infinity", "frechet_distance", "gaussian_stats",
+                                                   "sample_size_bias")},
+    **{name: "course_lib.metrics.kl" for name in ("paired_kl", "classifier_kl")},
     **{name: "course_lib.metrics.embeddings" for name in ("AudioEmbedder", "CourseAudioClassifier", "HFAudioEmbedder",
                                                           "load_audio_embedder", "train_course_classifier")},
     **{name: "course_lib.metrics.agreement" for name in ("AgreementModel", "HFClapAgreement", "agreement_score",
@@ -30,8 +31,7 @@ _LAZY = {
                                                          "train_agreement_model")},
 }
 
-__all__ = ["log_mel_distance_db", "fad", "fad_infinity", "frechet_distance", "gaussian_stats", "sample_size_bias",
-           "paired_kl", "classifier_kl", *_LAZY]
+__all__ = ["log_mel_distance_db", *_LAZY]
 
 
 def __getattr__(name: str):
