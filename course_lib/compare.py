@@ -341,7 +341,7 @@ def _measure(audio: Tensor, domain: str, ctx: dict[str, Any]) -> dict[str, Any]:
     from course_lib.metrics.agreement import agreement_score
     from course_lib.metrics.fad import fad
     from course_lib.metrics.kl import paired_kl
-    from course_lib.pretrained.measures import _adherence_rates, _music_rates
+    from course_lib.pretrained.measures import adherence_rates, music_rates
 
     d = ctx[domain]
     embedder, agreement = ctx["embedder"], ctx["agreement"]
@@ -351,9 +351,9 @@ def _measure(audio: Tensor, domain: str, ctx: dict[str, Any]) -> dict[str, Any]:
         "agreement": _clean(agreement_score(agreement, audio, d["captions"], MEASURE_RATE).mean(), 4),
     }
     if domain == "events":
-        rates = _adherence_rates(audio[:, None], MEASURE_RATE, d["clips"], d["probe"])
+        rates = adherence_rates(audio[:, None], MEASURE_RATE, d["clips"], d["probe"])
     else:
-        rates = _music_rates(audio[:, None], MEASURE_RATE, d["clips"], d["probe"])
+        rates = music_rates(audio[:, None], MEASURE_RATE, d["clips"], d["probe"])
     out.update({k: rates.get(k) for k in (_EVENT_RATES if domain == "events" else _MUSIC_RATES)})
     return out
 
@@ -370,14 +370,14 @@ def _domain_context(domain: str, n: int, seconds: float, embedder: Any) -> dict[
     the prompts' real clips'
     label distributions, and the domain's adherence probe."""
     from course_lib.data import music, sound_events
-    from course_lib.pretrained.measures import _event_classifier, _instrument_probe
+    from course_lib.pretrained.measures import event_probe, instrument_probe
 
     source = sound_events if domain == "events" else music
     clips = list(source.generate_clips("test", n, seconds, MEASURE_RATE))
     reference = list(source.generate_clips("test", n, seconds, MEASURE_RATE, start=reference_start(n)))
     real = torch.from_numpy(np.stack([c.audio for c in clips])).float()
     ref = torch.from_numpy(np.stack([c.audio for c in reference])).float()
-    probe = (_event_classifier if domain == "events" else _instrument_probe)(float(seconds), MEASURE_RATE)
+    probe = (event_probe if domain == "events" else instrument_probe)(float(seconds), MEASURE_RATE)
     return {"clips": clips, "captions": [c.caption for c in clips], "real": real, "seconds": seconds,
             "reference_embeddings": embedder.embed(ref, MEASURE_RATE),
             "real_proba": embedder.predict_proba(real, MEASURE_RATE), "probe": probe}

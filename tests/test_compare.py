@@ -143,10 +143,10 @@ def test_metrics_are_recomputed_from_the_returned_audio(result):
 
 def test_real_rows_hold_the_probe_ceiling_of_the_same_clips(result):
     clips, real = real_clips(sound_events)
-    ceiling = measures._adherence_rates(real[:, None], 16_000, clips, measures._event_classifier(SECONDS, 16_000))
+    ceiling = measures.adherence_rates(real[:, None], 16_000, clips, measures.event_probe(SECONDS, 16_000))
     assert ceiling and all(result.row("real_events")[k] == v for k, v in ceiling.items())
     clips, real = real_clips(music)
-    ceiling = measures._music_rates(real[:, None], 16_000, clips, measures._instrument_probe(SECONDS, 16_000))
+    ceiling = measures.music_rates(real[:, None], 16_000, clips, measures.instrument_probe(SECONDS, 16_000))
     row = result.row("real_music")
     assert all(row[k] == ceiling[k] for k in compare._MUSIC_RATES)
 

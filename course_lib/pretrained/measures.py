@@ -105,7 +105,7 @@ def measure_melgan(model, n_clips: int = 24, clip_seconds: float = 2.0, batch_si
 _CLASSIFIERS: dict[tuple[float, int], torch.nn.Module] = {}  # (clip_seconds, sample_rate) -> trained probe
 
 
-def _event_classifier(clip_seconds: float, sample_rate: int) -> torch.nn.Module:
+def event_probe(clip_seconds: float, sample_rate: int) -> torch.nn.Module:
     """The class probe for :func:`measure_audiogen`: :func:`course_lib.data.probes.train_event_classifier`
     with seed 0 on ``clip_seconds`` train-split clips, trained once per process (about 5 s on one thread)."""
     from course_lib.data.probes import train_event_classifier
@@ -118,7 +118,7 @@ def _event_classifier(clip_seconds: float, sample_rate: int) -> torch.nn.Module:
     return _CLASSIFIERS[key]
 
 
-def _adherence_rates(audio: torch.Tensor, sample_rate: int, clips: list, classifier) -> dict[str, float]:
+def adherence_rates(audio: torch.Tensor, sample_rate: int, clips: list, classifier) -> dict[str, float]:
     """Share of clips whose ``audio`` ``(N, 1, T)`` passes each probe their attributes define (class, count,
     pitch band); a probe no clip's attributes define is left out."""
     from course_lib.data.probes import adherence
@@ -155,7 +155,7 @@ def measure_audiogen(model, n_prompts: int = 24, seconds: float = 2.0, cfg_scale
                             load_text(text_encoder if text_encoder is not None else "course"))
     rate = pipe.sample_rate
     clips = list(sound_events.generate_clips("test", n_prompts, seconds, rate))
-    classifier = _event_classifier(float(seconds), rate)
+    classifier = event_probe(float(seconds), rate)
     generated, ceiling = [], []
     for b, start in enumerate(range(0, n_prompts, batch_size)):
         part = clips[start:start + batch_size]
@@ -163,8 +163,8 @@ def measure_audiogen(model, n_prompts: int = 24, seconds: float = 2.0, cfg_scale
                                        temperature=temperature, top_k=top_k, seed=seed + b))
         real = torch.from_numpy(np.stack([c.audio for c in part]))[:, None].to(pipe.device)
         ceiling.append(pipe.decode(pipe.codec.encode(real), seconds))
-    metrics = _adherence_rates(torch.cat(generated), rate, clips, classifier)
-    metrics.update({f"ceiling_{k}": v for k, v in _adherence_rates(torch.cat(ceiling), rate, clips, classifier).items()})
+    metrics = adherence_rates(torch.cat(generated), rate, clips, classifier)
+    metrics.update({f"ceiling_{k}": v for k, v in adherence_rates(torch.cat(ceiling), rate, clips, classifier).items()})
     return metrics
 
 
@@ -207,7 +207,7 @@ def measure_diffsound(model, n_prompts: int = 24, seconds: float = 2.0, steps: i
     pipe = DiffsoundPipeline(model, vq, voc, load_text(text_encoder if text_encoder is not None else "course"))
     rate = pipe.sample_rate
     clips = list(sound_events.generate_clips("test", n_prompts, seconds, rate))
-    classifier = _event_classifier(float(seconds), rate)
+    classifier = event_probe(float(seconds), rate)
     generated, ceiling, elapsed = [], [], 0.0
     for b, start in enumerate(range(0, n_prompts, batch_size)):
         part = clips[start:start + batch_size]
@@ -218,8 +218,8 @@ def measure_diffsound(model, n_prompts: int = 24, seconds: float = 2.0, steps: i
         generated.append(pipe.vocode(pipe.tokens_to_mel(tokens, seconds))[..., : pipe.num_samples(seconds)])
         real = torch.from_numpy(np.stack([c.audio for c in part]))[:, None]
         ceiling.append(pipe.vocode(pipe.tokens_to_mel(pipe.tokenize(real), seconds))[..., : pipe.num_samples(seconds)])
-    metrics = _adherence_rates(torch.cat(generated), rate, clips, classifier)
-    metrics.update({f"ceiling_{k}": v for k, v in _adherence_rates(torch.cat(ceiling), rate, clips, classifier).items()})
+    metrics = adherence_rates(torch.cat(generated), rate, clips, classifier)
+    metrics.update({f"ceiling_{k}": v for k, v in adherence_rates(torch.cat(ceiling), rate, clips, classifier).items()})
     if timing:
         metrics["seconds_per_clip"] = round(elapsed / n_prompts, 4)
     return metrics
@@ -230,7 +230,7 @@ def measure_diffsound(model, n_prompts: int = 24, seconds: float = 2.0, steps: i
 _INSTRUMENT_PROBES: dict[tuple[float, int], torch.nn.Module] = {}  # (clip_seconds, sample_rate) -> trained probe
 
 
-def _instrument_probe(clip_seconds: float, sample_rate: int) -> torch.nn.Module:
+def instrument_probe(clip_seconds: float, sample_rate: int) -> torch.nn.Module:
     """The instrument probe of the Noise2Music measures at ``sample_rate`` (3.2 kHz for low-rate audio, 16 kHz for
     the cascade's): :func:`course_lib.data.music_probes.train_instrument_classifier` with seed 0 on 40
     ``clip_seconds`` train-split clips per instrument, trained once per process (5-10 s on one thread)."""
@@ -244,7 +244,7 @@ def _instrument_probe(clip_seconds: float, sample_rate: int) -> torch.nn.Module:
     return _INSTRUMENT_PROBES[key]
 
 
-def _music_rates(audio: torch.Tensor, sample_rate: int, clips: list, classifier, prefix: str = "") -> dict[str, float]:
+def music_rates(audio: torch.Tensor, sample_rate: int, clips: list, classifier, prefix: str = "") -> dict[str, float]:
     """:func:`~course_lib.data.music_probes.summarise_adherence` of ``audio`` ``(N, 1, T)`` against the clips'
     attributes: ``tempo_accuracy`` (±8%), ``tempo_error_bpm`` (median), ``mode_accuracy``, ``instrument_accuracy``."""
     from course_lib.data.music_probes import music_adherence, summarise_adherence
@@ -315,9 +315,9 @@ def measure_n2m_generator(model, n_prompts: int = 24, seconds: float = 4.0, step
         generated.append(pipe.generate_low([c.caption for c in part], seconds, steps, cfg_scale, seed + b))
         elapsed += time.perf_counter() - t0
         real.append(pipe.to_low(_real_batch(part, pipe), 16_000))
-    probe = _instrument_probe(float(seconds), rate)
-    metrics = _music_rates(torch.cat(generated), rate, clips, probe)
-    metrics.update(_music_rates(torch.cat(real), rate, clips, probe, "ceiling_"))
+    probe = instrument_probe(float(seconds), rate)
+    metrics = music_rates(torch.cat(generated), rate, clips, probe)
+    metrics.update(music_rates(torch.cat(real), rate, clips, probe, "ceiling_"))
     if timing:
         metrics["seconds_per_clip"] = round(elapsed / n_prompts, 4)
     return metrics
@@ -365,9 +365,9 @@ def measure_n2m_cascader(model, n_prompts: int = 24, seconds: float = 2.0, steps
         input_mel.append(log_mel_distance_db(resample(low, pipe.low_rate, rate)[..., :n], real[..., :n]))
         outputs.append(out)
         reals.append(real)
-    probe = _instrument_probe(float(seconds), rate)
-    metrics = _music_rates(torch.cat(outputs), rate, clips, probe)
-    metrics.update(_music_rates(torch.cat(reals), rate, clips, probe, "ceiling_"))
+    probe = instrument_probe(float(seconds), rate)
+    metrics = music_rates(torch.cat(outputs), rate, clips, probe)
+    metrics.update(music_rates(torch.cat(reals), rate, clips, probe, "ceiling_"))
     metrics["mel_db"] = round(float(torch.cat(mel).mean()), 3)
     metrics["input_mel_db"] = round(float(torch.cat(input_mel).mean()), 3)
     metrics["high_band_db"] = round(float(torch.cat(high_db).mean()), 3)
@@ -418,12 +418,12 @@ def measure_noise2music(generator, cascader, n_prompts: int = 24, seconds: float
             cascaded.append(pipe.upsample(pipe.to_low(real, 16_000), captions, casc_steps, casc_cfg_scale, aug_level,
                                           seed + b))
     rate, low_rate = pipe.sample_rate, pipe.low_rate
-    probe = _instrument_probe(float(seconds), rate)
-    metrics = _music_rates(torch.cat(finals), rate, clips, probe)
-    metrics.update(_music_rates(torch.cat(lows), low_rate, clips, _instrument_probe(float(seconds), low_rate), "low_"))
-    metrics.update(_music_rates(torch.cat(reals), rate, clips, probe, "ceiling_"))
+    probe = instrument_probe(float(seconds), rate)
+    metrics = music_rates(torch.cat(finals), rate, clips, probe)
+    metrics.update(music_rates(torch.cat(lows), low_rate, clips, instrument_probe(float(seconds), low_rate), "low_"))
+    metrics.update(music_rates(torch.cat(reals), rate, clips, probe, "ceiling_"))
     if through_cascader:
-        metrics.update(_music_rates(torch.cat(cascaded), rate, clips, probe, "cascade_ceiling_"))
+        metrics.update(music_rates(torch.cat(cascaded), rate, clips, probe, "cascade_ceiling_"))
     metrics["seconds_per_clip_generator"] = round(t_gen / n_prompts, 4)
     metrics["seconds_per_clip_cascader"] = round(t_casc / n_prompts, 4)
     metrics["seconds_per_audio_second"] = round((t_gen + t_casc) / (n_prompts * seconds), 4)
