@@ -144,6 +144,22 @@ def _stamp(spec: str) -> float:
     return max((p.stat().st_mtime for p in path.rglob("*.safetensors")), default=0.0)
 
 
+def frozen_text_encoder(cache: dict, spec: str, device: torch.device | str = "cpu") -> TextEncoder:
+    """The frozen text encoder of the spec ``conditioning.text_encoder`` on ``device``, loaded once into ``cache``
+    (a family's tool cache; a course folder reloads when its files change). A spec that cannot be loaded is a
+    :class:`ConfigError` naming the config key. Shared by every text-conditioned family."""
+    key = ("text", spec, _stamp(spec), str(device))
+    if key not in cache:
+        from course_lib.pipelines.audiogen import load_text
+
+        try:
+            encoder = load_text(spec)
+        except (OSError, ValueError, TypeError) as err:
+            raise ConfigError(f"conditioning.text_encoder={spec!r}: {err}") from None
+        cache[key] = encoder.to(device).freeze()
+    return cache[key]
+
+
 # 3. The family -------------------------------------------------------------------------------------------
 
 
@@ -172,17 +188,7 @@ class AudioGenFamily(Family):
 
     def text_encoder(self, config: AudioGenRunConfig, device: torch.device | str = "cpu") -> TextEncoder:
         """The frozen text encoder of ``conditioning.text_encoder`` on ``device`` (loaded once)."""
-        spec = config.conditioning.text_encoder
-        key = ("text", spec, _stamp(spec), str(device))
-        if key not in self._tools:
-            from course_lib.pipelines.audiogen import load_text
-
-            try:
-                encoder = load_text(spec)
-            except (OSError, ValueError, TypeError) as err:
-                raise ConfigError(f"conditioning.text_encoder={spec!r}: {err}") from None
-            self._tools[key] = encoder.to(device).freeze()
-        return self._tools[key]
+        return frozen_text_encoder(self._tools, config.conditioning.text_encoder, device)
 
     def tokenize(self, audio: Tensor, config: AudioGenRunConfig) -> Tensor:
         """Audio ``(B, 1, T)`` → codes ``(B, K, F)`` (long, on the audio's device) with the frozen codec, in fp32

@@ -64,7 +64,7 @@ from course_lib.text.base import TextEmbedding, TextEncoder
 from course_lib.train.config import EvalConfig, RunConfig
 from course_lib.train.errors import ConfigError, TrainingError
 from course_lib.train.families import register_family
-from course_lib.train.families.audiogen import ConditioningConfig, _slug, _stamp, lm_loss
+from course_lib.train.families.audiogen import ConditioningConfig, _slug, _stamp, frozen_text_encoder, lm_loss
 from course_lib.train.families.base import Batch, EvalResult, Family, unwrap_model
 
 __all__ = ["DiffsoundARFamily", "DiffsoundARRunConfig", "DiffsoundFamily", "DiffsoundRunConfig", "MelTokenizerConfig",
@@ -185,17 +185,7 @@ class MelTokenFamily(Family):
 
     def text_encoder(self, config: RunConfig, device: torch.device | str = "cpu") -> TextEncoder:
         """The frozen text encoder of ``conditioning.text_encoder`` on ``device`` (loaded once)."""
-        spec = config.conditioning.text_encoder
-        key = ("text", spec, _stamp(spec), str(device))
-        if key not in self._tools:
-            from course_lib.pipelines.audiogen import load_text
-
-            try:
-                encoder = load_text(spec)
-            except (OSError, ValueError, TypeError) as err:
-                raise ConfigError(f"conditioning.text_encoder={spec!r}: {err}") from None
-            self._tools[key] = encoder.to(device).freeze()
-        return self._tools[key]
+        return frozen_text_encoder(self._tools, config.conditioning.text_encoder, device)
 
     def vocoder(self, config: RunConfig, device: torch.device | str = "cpu") -> nn.Module:
         """The vocoder of the eval samples (``eval.vocoder``) on ``device``, for the VQ-VAE's mel front end."""

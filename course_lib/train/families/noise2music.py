@@ -66,7 +66,7 @@ from course_lib.text.base import TextEmbedding, TextEncoder
 from course_lib.train.config import EvalConfig, RunConfig
 from course_lib.train.errors import ConfigError, TrainingError
 from course_lib.train.families import register_family
-from course_lib.train.families.audiogen import _slug, _stamp
+from course_lib.train.families.audiogen import _slug, frozen_text_encoder
 from course_lib.train.families.base import Batch, EvalResult, Family, unwrap_model
 
 __all__ = ["CascadeConfig", "N2MConditioningConfig", "N2MEvalConfig", "N2MGeneratorRunConfig", "N2MCascaderRunConfig",
@@ -149,17 +149,7 @@ class _Noise2MusicFamily(Family):
 
     def text_encoder(self, config: RunConfig, device: torch.device | str = "cpu") -> TextEncoder:
         """The frozen text encoder of ``conditioning.text_encoder`` on ``device`` (loaded once)."""
-        spec = config.conditioning.text_encoder
-        key = ("text", spec, _stamp(spec), str(device))
-        if key not in self._tools:
-            from course_lib.pipelines.audiogen import load_text
-
-            try:
-                encoder = load_text(spec)
-            except (OSError, ValueError, TypeError) as err:
-                raise ConfigError(f"conditioning.text_encoder={spec!r}: {err}") from None
-            self._tools[key] = encoder.to(device).freeze()
-        return self._tools[key]
+        return frozen_text_encoder(self._tools, config.conditioning.text_encoder, device)
 
     def embed(self, captions: Any, config: RunConfig, device: torch.device) -> TextEmbedding:
         """Captions (a list of ``B`` str; ``""`` = no text) → frozen text embeddings on ``device``, fp32."""
