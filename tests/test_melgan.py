@@ -251,3 +251,91 @@ def test_lambda_sc_adds_the_term_in_warmup_and_gan_steps(tmp_path):
     assert "spectral_convergence" in warm and "spectral_convergence" in gan
     with pytest.raises(Exception, match="lambda_sc"):
         family.load_config("tiny", ["gan.lambda_sc=-1"])
+
+
+# ---- why steady notes are hard: a convolutional generator repeats itself every hop --------------------------
+
+
+def test_a_constant_mel_gives_an_output_that_repeats_every_hop_exactly():
+    """The structural fact lesson 03 teaches: a steady tone has the same log-mel in every frame, and a stack of
+    (transposed) convolutions is shift-equivariant by one hop per frame, so away from the clip's edges the
+    output is periodic with the hop (partials only on multiples of sample_rate / hop)."""
+    torch.manual_seed(0)
+    generator = MelGANGenerator(TINY).eval()
+    hop = TINY.hop_length
+    frame = torch.randn(1, TINY.n_mels, 1)
+    with torch.no_grad():
+        out = generator(frame.expand(-1, -1, 40).contiguous())[0, 0]
+        varied = generator(frame.expand(-1, -1, 40) + 0.5 * torch.randn(1, TINY.n_mels, 40))[0, 0]
+    middle = out[10 * hop:30 * hop]
+    middle = middle - middle.mean()  # an untrained generator's output is mostly a constant offset
+    scale = float(middle.abs().max())
+    assert scale > 1e-5
+    assert float((middle[hop:] - middle[:-hop]).abs().max()) < 1e-5 * scale  # repeats every hop ...
+    assert float((middle[hop - 1:] - middle[:-(hop - 1)]).abs().max()) > 0.05 * scale  # ... and not every hop - 1
+    wiggle = varied[10 * hop:30 * hop]
+    wiggle = wiggle - wiggle.mean()
+    assert float((wiggle[hop:] - wiggle[:-hop]).abs().max()) > 0.05 * float(wiggle.abs().max())  # input varies
+
+
+# ---- options beyond the paper: snake activations, Parallel WaveGAN's multi-resolution STFT loss ------------
+
+
+def test_snake_is_x_plus_sin_squared_over_alpha_and_learns_alpha():
+    from course_lib.vocoders.melgan import Snake
+
+    snake = Snake(2)
+    with torch.no_grad():
+        snake.log_alpha[0, 1, 0] = math.log(2.0)
+    x = torch.tensor([[[0.0, 1.0, -2.0], [0.0, 1.0, -2.0]]])
+    expected = torch.stack([x[0, 0] + torch.sin(x[0, 0]) ** 2, x[0, 1] + torch.sin(2 * x[0, 1]) ** 2 / 2])[None]
+    assert torch.allclose(snake(x), expected)
+    snake(x).sum().backward()
+    assert snake.log_alpha.grad is not None and float(snake.log_alpha.grad.abs().sum()) > 0
+
+
+def test_snake_generator_builds_saves_and_loads(tmp_path):
+    torch.manual_seed(0)
+    config = MelGANConfig(**{**TINY.__dict__, "activation": "snake"})
+    model = MelGAN(config).eval()
+    assert not any(isinstance(m, torch.nn.LeakyReLU) for m in model.generator.modules())
+    assert MelGAN(TINY).num_parameters() < model.num_parameters()  # one alpha per channel per activation
+    mel = torch.randn(1, 32, 8)
+    model.save_pretrained(tmp_path / "snake")
+    loaded = MelGAN.from_pretrained(tmp_path / "snake")
+    assert loaded.config.activation == "snake"
+    with torch.no_grad():
+        assert torch.equal(loaded(mel), model(mel))
+    with pytest.raises(ValueError, match="activation: must be one of"):
+        MelGANConfig(activation="relu").validate()
+
+
+def test_multi_resolution_stft_loss_closed_forms():
+    from course_lib.train.families.melgan import multi_resolution_stft_loss
+
+    audio = 0.3 * torch.randn(2, 1, 4096, generator=torch.Generator().manual_seed(0))
+    resolutions = ((512, 128, 512), (256, 64, 200))
+    sc, log_mag = multi_resolution_stft_loss(audio, audio, resolutions)
+    assert float(sc) == 0.0 and float(log_mag) == 0.0
+    sc, log_mag = multi_resolution_stft_loss(0.5 * audio, audio, resolutions)  # every magnitude halved
+    assert float(sc) == pytest.approx(0.5, abs=1e-5) and float(log_mag) == pytest.approx(math.log(2.0), abs=1e-5)
+    with pytest.raises(ValueError, match="same shape"):
+        multi_resolution_stft_loss(audio[..., :4000], audio)
+
+
+def test_lambda_stft_reaches_the_generator_and_is_validated():
+    from course_lib.train import ConfigError, get_family
+
+    family = get_family("melgan")
+    cfg = family.load_config("tiny", ["gan.lambda_stft=1.0", "gan.lambda_mel=0", "gan.disc_start_step=2",
+                                      "gan.stft_resolutions=[[256, 64, 256], [128, 32, 100]]"])
+    torch.manual_seed(0)
+    model = family.build_model(cfg.model)
+    loss, logs = family.loss_step(model, {"audio": tone(0.128)}, cfg, phase="generator", step=0)
+    assert {"stft_sc", "stft_log_mag", "mel_l1_db"} <= set(logs)
+    assert float(loss.detach()) == pytest.approx(logs["stft_sc"] + logs["stft_log_mag"], rel=1e-5)  # mel L1 logged, not used
+    loss.backward()
+    assert all(p.grad is not None for p in model.generator.parameters())
+    for bad, key in (("gan.lambda_stft=-1", "lambda_stft"), ("gan.stft_resolutions=[[128, 32, 256]]", "stft_resolutions")):
+        with pytest.raises(ConfigError, match=key):
+            family.load_config("tiny", [bad])

@@ -83,23 +83,36 @@ def measure_codec(model, n_clips: int = 24, clip_seconds: float = 4.0, batch_siz
 
 @torch.no_grad()
 def measure_melgan(model, n_clips: int = 24, clip_seconds: float = 2.0, batch_size: int = 8,
-                   griffin_lim_iters: int = 32) -> dict[str, float]:
+                   griffin_lim_iters: int = 32, vqvae: str | None = None) -> dict[str, float]:
     """Vocoder: held-out log-mel distance (dB, :func:`course_lib.metrics.log_mel_distance_db`) between each
     clip and the audio made from its log-mel, by MelGAN and by the Griffin-Lim baseline (``griffin_lim_iters``
-    iterations) for comparison."""
+    iterations) for comparison: ``mel_db`` and ``griffin_lim_mel_db``. With ``vqvae`` (a shipped mel VQ-VAE,
+    e.g. ``"mel_vqvae_course"``), both vocoders are also given that VQ-VAE's reconstruction of each log-mel,
+    what Diffsound hands a vocoder, and scored against the original clip: ``vqvae_mel_db`` and
+    ``vqvae_griffin_lim_mel_db``."""
     from course_lib.metrics import log_mel_distance_db
     from course_lib.vocoders.griffin_lim import GriffinLimVocoder
 
     audio = heldout_audio(n_clips, clip_seconds, model.config.sample_rate)
     griffin_lim = GriffinLimVocoder(model.mel_config, n_iter=griffin_lim_iters)
-    ours, baseline = [], []
+    inputs = {"": lambda mel: mel}
+    if vqvae is not None:
+        from course_lib.pipelines.diffsound import load_vqvae
+
+        autoencoder = load_vqvae(vqvae)
+        if autoencoder.config.mel_config() != model.mel_config:
+            raise ValueError(f"measure_melgan: vqvae={vqvae!r} reads {autoencoder.config.mel_config()}, the vocoder "
+                             f"reads {model.mel_config}: they must share the mel front end")
+        inputs["vqvae_"] = lambda mel: autoencoder(mel)[0]
+    scores: dict[str, list[torch.Tensor]] = {}
     for batch in audio.split(batch_size):
-        mel = model.features(batch)
         length = batch.shape[-1]
-        ours.append(log_mel_distance_db(model(mel)[..., :length], batch, model.mel_config))
-        baseline.append(log_mel_distance_db(griffin_lim(mel)[..., :length], batch, model.mel_config))
-    return {"mel_db": round(float(torch.cat(ours).mean()), 3),
-            "griffin_lim_mel_db": round(float(torch.cat(baseline).mean()), 3)}
+        for prefix, transform in inputs.items():
+            mel = transform(model.features(batch))
+            for name, vocoder in (("mel_db", model), ("griffin_lim_mel_db", griffin_lim)):
+                scores.setdefault(prefix + name, []).append(
+                    log_mel_distance_db(vocoder(mel)[..., :length], batch, model.mel_config))
+    return {name: round(float(torch.cat(values).mean()), 3) for name, values in scores.items()}
 
 
 _CLASSIFIERS: dict[tuple[float, int], torch.nn.Module] = {}  # (clip_seconds, sample_rate) -> trained probe

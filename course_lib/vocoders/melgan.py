@@ -26,7 +26,10 @@ Deviations from the paper, stated plainly:
   available in training (``loss.lambda_mel`` of the ``melgan`` family); it is **off (0) in the paper config**
   and on in the course's CPU configs, where it makes a few minutes of training sound like speech-free
   audio rather than noise;
-* default PyTorch initialisation (the official ``normal(0, 0.02)`` init is a no-op on weight-normed convs).
+* default PyTorch initialisation (the official ``normal(0, 0.02)`` init is a no-op on weight-normed convs);
+* an optional periodic activation, ``activation="snake"`` (BigVGAN, Lee et al. 2023: ``x + sin²(αx) / α`` with
+  a learned ``α`` per channel) in place of the generator's LeakyReLU(0.2). The paper uses LeakyReLU (the
+  default); snake makes long, steady sinusoids (music partials, beeps) easy to produce.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from course_lib.audio import MelConfig, MelSpectrogram
 
 __all__ = [
     "MelGANConfig", "MelGAN", "MelGANGenerator", "MultiScaleDiscriminator", "ScaleDiscriminator",
-    "ResidualStack", "ResidualUnit", "receptive_field", "generator_output_length", "check_log_mel",
+    "ResidualStack", "ResidualUnit", "Snake", "receptive_field", "generator_output_length", "check_log_mel",
 ]
 
 LOG_AMIN = 1e-5  # the floor of course_lib.audio.log_mel
@@ -128,6 +131,7 @@ class MelGANConfig:
     upsample_ratios: tuple[int, ...] = (8, 8, 2, 2)
     residual_kernel: int = 3
     dilations: tuple[int, ...] = (1, 3, 9)
+    activation: str = "leaky_relu"
     num_scales: int = 3
     disc_channels: int = 16
     disc_layers: int = 4
@@ -161,6 +165,8 @@ class MelGANConfig:
             raise ValueError(f"MelGANConfig.residual_kernel: must be odd, got {self.residual_kernel}")
         if not self.dilations or any(d < 1 for d in self.dilations):
             raise ValueError(f"MelGANConfig.dilations: need dilations >= 1, got {list(self.dilations)}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"MelGANConfig.activation: must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if self.disc_channels % 4:
             raise ValueError(f"MelGANConfig.disc_channels: must be a multiple of 4 (groups = channels / 4), "
                              f"got {self.disc_channels}")
@@ -176,6 +182,30 @@ def _wn_conv(*args, **kwargs) -> nn.Conv1d:
     return weight_norm(nn.Conv1d(*args, **kwargs))
 
 
+class Snake(nn.Module):
+    """BigVGAN's periodic activation ``x + sin²(α x) / α`` over ``(B, C, T)``, with a learned ``α > 0`` per channel.
+
+    ``α`` is stored as its log (initialised to 0: ``α = 1``) so it stays positive. Near 0 it is ``x + α x²``,
+    for large ``|x|`` it rises like ``x`` with a ripple of period ``π / α``: a monotone-ish function that
+    makes periodic signals easy to build (a stated deviation from MelGAN's LeakyReLU; option ``"snake"``).
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.log_alpha = nn.Parameter(torch.zeros(1, channels, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        alpha = self.log_alpha.exp()
+        return x + torch.sin(alpha * x).pow(2) / alpha
+
+
+def _leaky_relu(channels: int) -> nn.Module:
+    return nn.LeakyReLU(0.2)
+
+
+ACTIVATIONS = {"leaky_relu": _leaky_relu, "snake": Snake}  # name -> (channels -> module)
+
+
 class ResidualUnit(nn.Module):
     """``shortcut(x) + conv1x1(lrelu(conv_k,d(reflect_pad(lrelu(x)))))`` over ``(B, C, T)``; length kept.
 
@@ -183,13 +213,14 @@ class ResidualUnit(nn.Module):
     ``d (k − 1) / 2``), a 1×1 conv, and a weight-normed 1×1 shortcut (as in the official code).
     """
 
-    def __init__(self, channels: int, kernel_size: int = 3, dilation: int = 1) -> None:
+    def __init__(self, channels: int, kernel_size: int = 3, dilation: int = 1, activation: str = "leaky_relu") -> None:
         super().__init__()
+        act = ACTIVATIONS[activation]
         self.block = nn.Sequential(
-            nn.LeakyReLU(0.2),
+            act(channels),
             nn.ReflectionPad1d(dilation * (kernel_size - 1) // 2),
             _wn_conv(channels, channels, kernel_size, dilation=dilation),
-            nn.LeakyReLU(0.2),
+            act(channels),
             _wn_conv(channels, channels, 1),
         )
         self.shortcut = _wn_conv(channels, channels, 1)
@@ -205,10 +236,11 @@ class ResidualStack(nn.Module):
     the rate of the upsampling stage it follows.
     """
 
-    def __init__(self, channels: int, kernel_size: int = 3, dilations: Sequence[int] = (1, 3, 9)) -> None:
+    def __init__(self, channels: int, kernel_size: int = 3, dilations: Sequence[int] = (1, 3, 9),
+                 activation: str = "leaky_relu") -> None:
         super().__init__()
         self.kernel_size, self.dilations = kernel_size, tuple(dilations)
-        self.units = nn.Sequential(*[ResidualUnit(channels, kernel_size, d) for d in dilations])
+        self.units = nn.Sequential(*[ResidualUnit(channels, kernel_size, d, activation) for d in dilations])
 
     def forward(self, x: Tensor) -> Tensor:
         return self.units(x)
@@ -230,18 +262,19 @@ class MelGANGenerator(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
+        act = ACTIVATIONS[config.activation]
         mult = 2 ** len(config.upsample_ratios)
         layers: list[nn.Module] = [nn.ReflectionPad1d(3), _wn_conv(config.n_mels, mult * config.ngf, 7)]
         for r in config.upsample_ratios:
             c_in, c_out = mult * config.ngf, mult * config.ngf // 2
             layers += [
-                nn.LeakyReLU(0.2),
+                act(c_in),
                 weight_norm(nn.ConvTranspose1d(c_in, c_out, kernel_size=2 * r, stride=r, padding=r // 2 + r % 2,
                                                output_padding=r % 2)),
-                ResidualStack(c_out, config.residual_kernel, config.dilations),
+                ResidualStack(c_out, config.residual_kernel, config.dilations, config.activation),
             ]
             mult //= 2
-        layers += [nn.LeakyReLU(0.2), nn.ReflectionPad1d(3), _wn_conv(mult * config.ngf, 1, 7), nn.Tanh()]
+        layers += [act(mult * config.ngf), nn.ReflectionPad1d(3), _wn_conv(mult * config.ngf, 1, 7), nn.Tanh()]
         self.net = nn.Sequential(*layers)
         self.min_frames = config.min_frames()
 

@@ -46,6 +46,7 @@ from course_lib.vocoders.griffin_lim import GriffinLimVocoder
 from course_lib.vocoders.melgan import MelGAN, MelGANConfig
 
 NATS_TO_DB = 20.0 / math.log(10.0)
+PWG_RESOLUTIONS = ((1024, 120, 600), (2048, 240, 1200), (512, 50, 240))  # Parallel WaveGAN's (n_fft, hop, win)
 
 
 @dataclass
@@ -54,6 +55,8 @@ class MelGANLossConfig:
     ``mel_top_db`` (None: the mel loss compares log-mels down to their 1e-5 floor, as HiFi-GAN; a number:
     both are clamped that many dB under the clip's peak first, the course metric's floor), ``lambda_sc`` (the
     weight of :func:`spectral_convergence`, 0 in the paper), and
+    ``lambda_stft`` (the weight of :func:`multi_resolution_stft_loss`, Parallel WaveGAN's auxiliary loss on
+    the linear STFT at ``stft_resolutions`` ``[n_fft, hop, win]``; 0 in the paper), and
     ``disc_start_step``: optimizer steps during which the generator trains on the mel loss alone and the
     discriminator waits (0 in the paper; Parallel WaveGAN-style warm-up, cheap steps for a CPU run)."""
 
@@ -62,6 +65,8 @@ class MelGANLossConfig:
     lambda_mel: float = 0.0
     mel_top_db: float | None = None
     lambda_sc: float = 0.0
+    lambda_stft: float = 0.0
+    stft_resolutions: list[list[int]] = field(default_factory=lambda: [list(r) for r in PWG_RESOLUTIONS])
     disc_start_step: int = 0
 
 
@@ -111,6 +116,36 @@ def spectral_convergence(model: MelGAN, audio: torch.Tensor, log_mel: torch.Tens
     return (model.features(audio.float()).exp() - target).norm() / target.norm().clamp_min(1e-8)
 
 
+def _stft_magnitude(audio: torch.Tensor, n_fft: int, hop: int, win: int) -> torch.Tensor:
+    """``|STFT|`` ``(B, n_fft // 2 + 1, frames)`` of audio ``(B, 1, T)`` or ``(B, T)``, Hann window of ``win``
+    samples, floored at 1e-7 (Parallel WaveGAN's clamp, so the log stays finite)."""
+    audio = audio.reshape(audio.shape[0], -1).float()
+    window = torch.hann_window(win, device=audio.device)
+    spec = torch.stft(audio, n_fft, hop, win, window, center=True, pad_mode="reflect", return_complex=True)
+    return (spec.real.pow(2) + spec.imag.pow(2)).clamp_min(1e-14).sqrt()
+
+
+def multi_resolution_stft_loss(estimate: torch.Tensor, target: torch.Tensor,
+                               resolutions=PWG_RESOLUTIONS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Parallel WaveGAN's multi-resolution STFT loss (Yamamoto et al. 2020, eqs. 4-6) between two waveforms
+    ``(B, 1, T)``: returns ``(spectral_convergence, log_magnitude)``, each averaged over the resolutions
+    ``[(n_fft, hop, win), ...]``. Spectral convergence ``‖|Y| − |Ŷ|‖_F / ‖|Y|‖_F`` is dominated by the loud
+    bins (a missing partial costs its whole energy); the log-magnitude term ``mean |log|Y| − log|Ŷ||`` weighs
+    every bin alike. Several resolutions keep the generator from fitting one time-frequency trade-off only.
+    Both are 0 for identical inputs."""
+    if estimate.shape != target.shape:
+        raise ValueError(f"multi_resolution_stft_loss: estimate {tuple(estimate.shape)} and target "
+                         f"{tuple(target.shape)} must have the same shape")
+    if not resolutions:
+        raise ValueError("multi_resolution_stft_loss needs at least one (n_fft, hop, win) resolution")
+    sc_total = log_total = estimate.new_zeros((), dtype=torch.float32)
+    for n_fft, hop, win in resolutions:
+        est, tgt = _stft_magnitude(estimate, n_fft, hop, win), _stft_magnitude(target, n_fft, hop, win)
+        sc_total = sc_total + (tgt - est).norm() / tgt.norm().clamp_min(1e-8)
+        log_total = log_total + F.l1_loss(est.log(), tgt.log())
+    return sc_total / len(resolutions), log_total / len(resolutions)
+
+
 @register_family
 class MelGANFamily(Family):
     """Builds :class:`MelGAN`; trains discriminator then generator each step; evaluates against Griffin-Lim."""
@@ -136,13 +171,20 @@ class MelGANFamily(Family):
             raise ConfigError(f"gan.lambda_fm and gan.lambda_mel must be >= 0, got {g.lambda_fm}, {g.lambda_mel}")
         if g.lambda_sc < 0:
             raise ConfigError(f"gan.lambda_sc must be >= 0, got {g.lambda_sc}")
+        if g.lambda_stft < 0:
+            raise ConfigError(f"gan.lambda_stft must be >= 0, got {g.lambda_stft}")
+        if not g.stft_resolutions or any(len(r) != 3 or int(r[0]) < int(r[2]) or min(int(v) for v in r) <= 0
+                                         for r in g.stft_resolutions):
+            raise ConfigError(f"gan.stft_resolutions: need a list of [n_fft, hop, win] with 0 < win <= n_fft and "
+                              f"hop > 0, got {g.stft_resolutions}")
         if g.mel_top_db is not None and g.mel_top_db <= 0:
             raise ConfigError(f"gan.mel_top_db: must be > 0 dB or null, got {g.mel_top_db}")
         if g.disc_start_step < 0:
             raise ConfigError(f"gan.disc_start_step: must be >= 0, got {g.disc_start_step}")
-        if g.disc_start_step > 0 and g.lambda_mel <= 0:
-            raise ConfigError("gan.disc_start_step > 0 trains the generator on the mel loss alone at first: it needs "
-                              f"gan.lambda_mel > 0, got {g.lambda_mel}")
+        if g.disc_start_step > 0 and g.lambda_mel <= 0 and g.lambda_stft <= 0:
+            raise ConfigError("gan.disc_start_step > 0 trains the generator on its reconstruction losses alone at "
+                              f"first: it needs gan.lambda_mel > 0 or gan.lambda_stft > 0, got {g.lambda_mel} and "
+                              f"{g.lambda_stft}")
         need = max(m.min_frames() * m.hop_length, m.n_fft // 2 + 1, 8 * 2 ** (m.num_scales - 1))
         if g.segment_samples < need:
             raise ConfigError(f"gan.segment_samples: must be >= {need} (the generator's {m.min_frames()} mel frames, "
@@ -179,15 +221,9 @@ class MelGANFamily(Family):
         g = config.gan
         with torch.no_grad(), torch.autocast(audio.device.type, enabled=False):
             target = bare.features(audio)  # (B, n_mels, frames), fp32, no gradient
-        if phase == "generator" and step is not None and step < g.disc_start_step:  # warm-up: mel loss only
+        if phase == "generator" and step is not None and step < g.disc_start_step:  # warm-up: reconstruction only
             fake = model(target)[..., : audio.shape[-1]]
-            with torch.autocast(audio.device.type, enabled=False):
-                mel = mel_l1(bare, fake, target, g.mel_top_db)
-                loss, logs = g.lambda_mel * mel, {"mel_l1_db": float(mel.detach()) * NATS_TO_DB}
-                if g.lambda_sc > 0:
-                    sc = spectral_convergence(bare, fake, target)
-                    loss, logs["spectral_convergence"] = loss + g.lambda_sc * sc, float(sc.detach())
-            return loss, logs
+            return self._reconstruction(bare, fake, audio, target, g)
         out = model(target, audio, phase=phase)  # one forward per phase, so DDP sees it
         if phase == "discriminator":
             loss = discriminator_hinge_loss(out.real_logits, out.fake_logits)
@@ -196,19 +232,33 @@ class MelGANFamily(Family):
             return loss, {"d_real": float(real), "d_fake": float(fake)}
         adv = generator_hinge_loss(out.fake_logits)
         fm = feature_matching_loss(out.real_feats, out.fake_feats)
+        recon, logs = self._reconstruction(bare, out.fake, audio, target, g)
+        loss = adv + g.lambda_fm * fm + recon
+        return loss, {"g_adv": float(adv.detach()), "feature_matching": float(fm.detach()), **logs}
+
+    @staticmethod
+    def _reconstruction(bare: MelGAN, fake: torch.Tensor, audio: torch.Tensor, target: torch.Tensor,
+                        g: MelGANLossConfig) -> tuple[torch.Tensor, dict[str, float]]:
+        """The weighted reconstruction losses (mel L1, mel spectral convergence, multi-resolution STFT) of
+        ``fake`` against the real ``audio`` / its log-mel ``target``, in float32, and their logs. The mel L1 is
+        always logged (without a gradient when ``lambda_mel`` is 0)."""
         with torch.autocast(audio.device.type, enabled=False):
+            fake = fake.float()
+            loss = fake.new_zeros(())
             if g.lambda_mel > 0:
-                mel = mel_l1(bare, out.fake, target, g.mel_top_db)
+                mel = mel_l1(bare, fake, target, g.mel_top_db)
+                loss = loss + g.lambda_mel * mel
             else:
                 with torch.no_grad():
-                    mel = mel_l1(bare, out.fake.detach(), target, g.mel_top_db)
-        loss = adv + g.lambda_fm * fm + (g.lambda_mel * mel if g.lambda_mel > 0 else 0.0)
-        logs = {"g_adv": float(adv.detach()), "feature_matching": float(fm.detach()),
-                "mel_l1_db": float(mel.detach()) * NATS_TO_DB}
-        if g.lambda_sc > 0:
-            with torch.autocast(audio.device.type, enabled=False):
-                sc = spectral_convergence(bare, out.fake, target)
-            loss, logs["spectral_convergence"] = loss + g.lambda_sc * sc, float(sc.detach())
+                    mel = mel_l1(bare, fake.detach(), target, g.mel_top_db)
+            logs = {"mel_l1_db": float(mel.detach()) * NATS_TO_DB}
+            if g.lambda_sc > 0:
+                sc = spectral_convergence(bare, fake, target)
+                loss, logs["spectral_convergence"] = loss + g.lambda_sc * sc, float(sc.detach())
+            if g.lambda_stft > 0:
+                stft_sc, stft_mag = multi_resolution_stft_loss(fake, audio.float(), g.stft_resolutions)
+                loss = loss + g.lambda_stft * (stft_sc + stft_mag)
+                logs["stft_sc"], logs["stft_log_mag"] = float(stft_sc.detach()), float(stft_mag.detach())
         return loss, logs
 
     def evaluate(self, model: nn.Module, batches: Iterable[Batch], config: MelGANRunConfig) -> EvalResult:
