@@ -99,6 +99,32 @@ def test_the_cascader_is_conditioned_on_the_upsampled_low_rate_audio(pipe):
         del unet.forward
 
 
+def test_a_residual_cascader_adds_its_sample_to_the_clean_upsampled_input(pipe, text):
+    """model.residual: an untrained residual cascader (zero output conv, x0-prediction) is sinc upsampling,
+    exactly; a trained one returns the upsampled input plus what it samples, at any augmentation level."""
+    config = dataclasses.replace(pipe.cascader.config, residual=True)
+    torch.manual_seed(2)
+    fresh = Noise2MusicPipeline(None, Noise2MusicStage(config).eval(), text)
+    low = 0.5 * to_low_rate(torch.randn(2, 4000), 16000)
+    up = resample(low, 3200, 16000)
+    assert torch.equal(fresh.upsample(low, PROMPTS, steps=3, aug_level=0.2), up.clamp(-1, 1))
+    trained = Noise2MusicPipeline(None, Noise2MusicStage(config, pipe.cascader.unet).eval(), text)
+    plain = pipe.upsample(low, PROMPTS, steps=2, seed=3)  # the same U-Net and draws, not residual
+    assert torch.allclose(trained.upsample(low, PROMPTS, steps=2, seed=3), (up + plain).clamp(-1, 1), atol=1e-6)
+    with pytest.raises(ValueError, match="residual"):
+        dataclasses.replace(pipe.generator.config, residual=True).validate()
+
+
+def test_the_residual_cascader_family_diffuses_the_clip_minus_its_upsampled_input():
+    family = get_family("n2m_cascader")
+    plain, residual = family.load_config("tiny"), family.load_config("tiny", ["model.residual=true"])
+    audio = 0.3 * torch.randn(2, 1, round(plain.data.clip_seconds * 16000), generator=torch.Generator().manual_seed(0))
+    batch = {"audio": audio, "caption": PROMPTS}
+    a = family.training_inputs(batch, plain, torch.Generator().manual_seed(1))
+    b = family.training_inputs(batch, residual, torch.Generator().manual_seed(1))
+    assert torch.equal(b["x0"], a["x0"] - a["clean_cond"]) and torch.equal(b["cond"], a["cond"])
+
+
 # ---- building and loading ----------------------------------------------------------------------------------------
 
 

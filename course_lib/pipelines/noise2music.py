@@ -81,6 +81,12 @@ class Noise2MusicStageConfig:
     (0 = clean; the generator ignores it). A generator has ``unet.in_channels = 1`` and no
     ``aug_conditioning``; a cascader ``in_channels = 2`` (noisy audio + upsampled low-rate audio) and
     ``aug_conditioning = True``. Both need ``unet.text_dim`` (they cross-attend to the text).
+
+    ``residual`` (cascader only; False in the paper): the cascader diffuses the *residual* ``x − up(c)``, what
+    the 16 kHz clip adds to its sinc-upsampled low-rate version ``up(c)``, and :meth:`Noise2MusicPipeline.upsample`
+    returns ``up(c) + r̂``. A deviation from Noise2Music, which diffuses the clip itself: with the U-Net's
+    zero-initialised output and x0-prediction an untrained cascader then *is* sinc upsampling, so training
+    only has to add the high band instead of first learning to copy the low one.
     """
 
     stage: Literal["generator", "cascader"] = "generator"
@@ -88,6 +94,7 @@ class Noise2MusicStageConfig:
     high_rate: int = 16000
     peak: float = 0.9
     aug_level: float = 0.0
+    residual: bool = False
     unet: UNet1DConfig = field(default_factory=_generator_unet)
     diffusion: GaussianDiffusionConfig = field(default_factory=GaussianDiffusionConfig)
 
@@ -120,6 +127,9 @@ class Noise2MusicStageConfig:
             raise ValueError(f"Noise2MusicStageConfig.peak: must be in (0, 1], got {self.peak!r}")
         if not 0.0 <= self.aug_level < 1.0:
             raise ValueError(f"Noise2MusicStageConfig.aug_level: a diffusion time in [0, 1), got {self.aug_level!r}")
+        if not isinstance(self.residual, bool) or (self.residual and self.stage != "cascader"):
+            raise ValueError(f"Noise2MusicStageConfig.residual: a bool, and True only for a cascader (it diffuses "
+                             f"what the 16 kHz clip adds to its upsampled input), got {self.residual!r} for a {self.stage}")
         self.unet.validate()
         self.diffusion.validate()
         u = self.unet
@@ -416,7 +426,8 @@ class Noise2MusicPipeline:
         and the training level (a generator's output, or real audio through :func:`to_low_rate`). It is
         upsampled to 16 kHz, noised to ``aug_level`` (a diffusion time of the cascader's schedule; None = the
         stage's ``aug_level``; 0 = clean) with noise drawn from ``seed``, and stacked with ``x_t``. ``steps``,
-        ``cfg_scale`` (on the text only), ``sampler``, ``seed`` as :meth:`generate_low`.
+        ``cfg_scale`` (on the text only), ``sampler``, ``seed`` as :meth:`generate_low`. A ``residual`` cascader
+        samples what to add to the (clean) upsampled input, and the sum is returned.
         """
         stage = self._stage("cascader")
         _check_seed(seed)
@@ -435,6 +446,7 @@ class Noise2MusicPipeline:
         with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
             cond = resample(low, self.low_rate, self.sample_rate)[..., :length]
             cond = torch.nn.functional.pad(cond, (0, padded - cond.shape[-1]))
+        clean = cond
         generator = torch.Generator(device=self.device).manual_seed(seed)
         levels = torch.full((len(text),), float(level), device=self.device)
         if level > 0:
@@ -444,6 +456,8 @@ class Noise2MusicPipeline:
             return stage(torch.cat([x_t, cond], dim=1), t, text, text_mask, aug_level=levels)
 
         audio = self._sample(stage, net, text, length, steps, cfg_scale, sampler, generator)
+        if stage.config.residual:
+            audio = clean + audio
         return audio[..., :length].clamp(-1.0, 1.0)
 
     def generate(self, prompts: Sequence[str], seconds: float = 4.0, steps: int | None = None,

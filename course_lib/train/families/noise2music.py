@@ -358,6 +358,8 @@ class N2MCascaderFamily(_Noise2MusicFamily):
             x0, clean = high.gather(2, index), up.gather(2, index)
             levels = torch.rand(b, generator=generator, device=device) * config.cascade.aug_max
             cond = GaussianDiffusion(m.diffusion).q_sample(clean, levels, generator=generator)
+            if m.residual:  # diffuse what the clip adds to its upsampled low-rate version (model.residual)
+                x0 = x0 - clean
         return {"x0": x0, "cond": cond, "clean_cond": clean, "aug_level": levels}
 
     def samples(self, stage: Noise2MusicStage, batch: Batch, config: N2MCascaderRunConfig) -> dict[str, Tensor]:
