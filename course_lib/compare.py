@@ -136,10 +136,18 @@ class ComparisonResult:
                 return r
         raise KeyError(f"no row {system!r}; rows: {[r['system'] for r in self.rows]}")
 
-    def markdown(self) -> str:
-        """The table as markdown (one line per row), with a note on what the numbers can be compared with."""
-        lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-        lines += ["| " + " | ".join(_fmt(r[c]) for c in COLUMNS) + " |" for r in self.rows]
+    def markdown(self, columns: Sequence[str] | None = None) -> str:
+        """The table as markdown (one line per row), with a note on what the numbers can be compared with.
+
+        ``columns``: which of :data:`COLUMNS` to show, in that order (None: all 17, which is wide; a notebook
+        may show fewer)."""
+        columns = COLUMNS if columns is None else tuple(columns)
+        unknown = [c for c in columns if c not in COLUMNS]
+        if unknown or not columns:
+            problem = f"unknown columns {unknown}" if unknown else "name at least one column"
+            raise ValueError(f"markdown(columns=...): {problem}; the columns are {COLUMNS}")
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(_fmt(r[c]) for c in columns) + " |" for r in self.rows]
         s = self.settings
         n, ev, mu = s.get("n_prompts"), s.get("event_seconds"), s.get("music_seconds")
         notes = [

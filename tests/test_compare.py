@@ -166,6 +166,11 @@ def test_files_markdown_and_plot(result, tmp_path):
     assert tuple(rows[0]) == COLUMNS and [r["system"] for r in rows] == [r["system"] for r in result.rows]
     assert float(rows[0]["fad"]) == result.rows[0]["fad"] and rows[3]["steps"] == ""
     assert "test clips 12…13" in md  # the FAD reference draw: disjoint, same class mix
+    narrow = result.markdown(columns=["system", "fad"]).splitlines()
+    assert narrow[0] == "| system | fad |" and narrow[2] == f"| {result.rows[0]['system']} | {result.rows[0]['fad']:.4g} |"
+    for bad in (["system", "loudness"], []):
+        with pytest.raises(ValueError, match="the columns are"):
+            result.markdown(columns=bad)
     assert [compare.reference_start(n) for n in (2, 12, 13, 16)] == [12, 12, 24, 24]
     settings = json.loads((out / "settings.json").read_text())
     assert settings["seed"] == 0 and settings["n_prompts"] == N and settings["injected_pipelines"] == ["noise2music", "noise2music_low"]

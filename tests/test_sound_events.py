@@ -199,3 +199,13 @@ def test_event_class_is_an_alias_for_the_class_override():
     assert a.attributes["class"] == "bell" and np.array_equal(a.audio, b.audio)
     with pytest.raises(ValueError, match="once"):
         se.generate_clip(3, event_class="bell", **{"class": "bell"})
+
+
+def test_count_range_and_pitch_bands_describe_what_clips_are_drawn_from():
+    assert se.count_range("bell") == (1, 4) and se.count_range("rain") is None
+    assert se.pitch_bands("bell") == se.PITCH_BANDS and se.pitch_bands("siren") == ("mid", "high")
+    assert se.pitch_bands("rain") == ()
+    counts = {se.generate_clip(i, event_class="bell").attributes["count"] for i in range(40)}
+    assert counts <= set(range(1, 5)) and len(counts) > 1
+    with pytest.raises(ValueError, match="unknown event class"):
+        se.count_range("trumpet")

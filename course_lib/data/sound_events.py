@@ -377,6 +377,17 @@ def max_events(event_class: str, clip_seconds: float = 4.0) -> int:
     return min(kind.counts[1], fit)
 
 
+def count_range(event_class: str) -> tuple[int, int] | None:
+    """The inclusive range of event counts a clip of ``event_class`` is drawn from (bell: (1, 4)), or None for a
+    continuous class (rain, wind, engine, siren) whose captions name no count. Unknown classes raise ``ValueError``."""
+    return _kind(event_class).counts
+
+
+def pitch_bands(event_class: str) -> tuple[str, ...]:
+    """The pitch bands (of ``PITCH_BANDS``) a clip of ``event_class`` is drawn from; () for an unpitched class."""
+    return _kind(event_class).bands
+
+
 def _kind(event_class: Any) -> _Kind:
     if event_class not in _KINDS:
         raise ValueError(f"unknown event class {event_class!r}; expected one of {EVENT_CLASSES}")
