@@ -206,3 +206,14 @@ def test_packaged_configs_load(family, size):
         get_family(family).validate(cfg)  # the course text encoder is 128-d; the paper's T5 is checked on a GPU box
     if size == "course":
         assert cfg.train.num_threads == 1 and cfg.model.unet.valid_length(12800) == 12800
+
+
+@pytest.mark.parametrize("name", ["audiogen", "diffsound", "n2m_generator"])
+def test_a_batch_without_captions_is_a_clear_error_in_every_text_family(name):
+    from course_lib.train import TrainingError
+
+    family = get_family(name)
+    config = family.load_config("tiny")
+    with pytest.raises(TrainingError, match=f"the {name} family needs a caption"):
+        family.embed(None, config, torch.device("cpu"))
+    assert family.embed(["a bell rings twice", ""], config, torch.device("cpu")).embeddings.shape[0] == 2

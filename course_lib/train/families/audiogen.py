@@ -41,7 +41,7 @@ import hashlib
 import math
 import re
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -160,6 +160,39 @@ def frozen_text_encoder(cache: dict, spec: str, device: torch.device | str = "cp
     return cache[key]
 
 
+def embed_captions(encoder: TextEncoder, captions: Any, family: str, device: torch.device) -> TextEmbedding:
+    """A batch's captions (a list of ``B`` str; ``""`` = no text) → the frozen ``encoder``'s embeddings on
+    ``device``, fp32, no gradient. Anything else is a :class:`TrainingError` naming ``family``. Shared by every
+    text-conditioned family."""
+    if not isinstance(captions, (list, tuple)) or not all(isinstance(c, str) for c in captions):
+        raise TrainingError(f"the {family} family needs a caption (str) for every clip; the batch's 'caption' is "
+                            f"{type(captions).__name__} {str(captions)[:80]} (use a captioned data.source)")
+    with torch.no_grad(), torch.autocast(device.type, enabled=False):
+        return encoder.encode(list(captions)).to(device)
+
+
+def cached_tokens(cache: OrderedDict, audio: Tensor, encode: Callable[[Tensor], Tensor], size: int,
+                  codebook_size: int) -> Tensor:
+    """``encode(audio)`` for a batch ``(B, 1, T)`` (fp32), clip by clip through ``cache``, an LRU of at most ``size``
+    clips keyed by a hash of each clip's samples, so clips seen before (a fixed dataset's next epoch) are not
+    encoded again. Tokens are stored on the CPU as int16 (int32 for codebooks above 2^15) and returned as long
+    on the audio's device, stacked as ``encode`` stacks them. Shared by the token-modelling families."""
+    keys = [hashlib.blake2b(a.detach().cpu().numpy().tobytes(), digest_size=16).digest() for a in audio]
+    out: list[Tensor | None] = [None] * len(keys)
+    for i, key in enumerate(keys):
+        if key in cache:
+            cache.move_to_end(key)  # least recently used clips leave first
+            out[i] = cache[key]
+    missing = [i for i, tokens in enumerate(out) if tokens is None]
+    if missing:
+        dtype = torch.int16 if codebook_size <= 2**15 else torch.int32
+        for i, tokens in zip(missing, encode(audio[missing]).cpu()):
+            out[i] = cache[keys[i]] = tokens.to(dtype)
+    while len(cache) > size:
+        cache.popitem(last=False)
+    return torch.stack(out).long().to(audio.device)
+
+
 # 3. The family -------------------------------------------------------------------------------------------
 
 
@@ -202,29 +235,11 @@ class AudioGenFamily(Family):
             tc = config.tokenizer
             cache = self._codes.setdefault((tc.codec, tc.checkpoint, _stamp(tc.codec), audio.shape[-1]),
                                            OrderedDict())
-            keys = [hashlib.blake2b(a.detach().cpu().numpy().tobytes(), digest_size=16).digest() for a in audio]
-            out: list[Tensor | None] = [None] * len(keys)
-            for i, key in enumerate(keys):
-                if key in cache:
-                    cache.move_to_end(key)  # least recently used clips leave first
-                    out[i] = cache[key]
-            missing = [i for i, c in enumerate(out) if c is None]
-            if missing:
-                dtype = torch.int16 if codec.config.codebook_size <= 2**15 else torch.int32
-                for i, codes in zip(missing, codec.encode(audio[missing]).cpu()):
-                    out[i] = cache[keys[i]] = codes.to(dtype)
-            while len(cache) > size:
-                cache.popitem(last=False)
-            return torch.stack(out).long().to(audio.device)
+            return cached_tokens(cache, audio, codec.encode, size, codec.config.codebook_size)
 
     def embed(self, captions: Any, config: AudioGenRunConfig, device: torch.device) -> TextEmbedding:
         """Captions (a list of ``B`` str; ``""`` = no text) → frozen text embeddings on ``device``, fp32."""
-        if not isinstance(captions, (list, tuple)) or not all(isinstance(c, str) for c in captions):
-            raise TrainingError("the audiogen family needs a caption (str) for every clip; the batch's 'caption' is "
-                                f"{type(captions).__name__} {str(captions)[:80]} (use a captioned data.source)")
-        encoder = self.text_encoder(config, device)
-        with torch.no_grad(), torch.autocast(device.type, enabled=False):
-            return encoder.encode(list(captions)).to(device)
+        return embed_captions(self.text_encoder(config, device), captions, self.name, device)
 
     # ---- engine hooks -------------------------------------------------------------------------------------
 

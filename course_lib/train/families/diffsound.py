@@ -44,7 +44,6 @@ Train them::
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -64,7 +63,15 @@ from course_lib.text.base import TextEmbedding, TextEncoder
 from course_lib.train.config import EvalConfig, RunConfig
 from course_lib.train.errors import ConfigError, TrainingError
 from course_lib.train.families import register_family
-from course_lib.train.families.audiogen import ConditioningConfig, _slug, _stamp, frozen_text_encoder, lm_loss
+from course_lib.train.families.audiogen import (
+    ConditioningConfig,
+    _slug,
+    _stamp,
+    cached_tokens,
+    embed_captions,
+    frozen_text_encoder,
+    lm_loss,
+)
 from course_lib.train.families.base import Batch, EvalResult, Family, unwrap_model
 
 __all__ = ["DiffsoundARFamily", "DiffsoundARRunConfig", "DiffsoundFamily", "DiffsoundRunConfig", "MelTokenizerConfig",
@@ -214,29 +221,12 @@ class MelTokenFamily(Family):
             tc = config.tokenizer
             cache = self._grids.setdefault((tc.vqvae, tc.checkpoint, _stamp(tc.vqvae), audio.shape[-1]),
                                            OrderedDict())
-            keys = [hashlib.blake2b(a.detach().cpu().numpy().tobytes(), digest_size=16).digest() for a in audio]
-            out: list[Tensor | None] = [None] * len(keys)
-            for i, key in enumerate(keys):
-                if key in cache:
-                    cache.move_to_end(key)  # least recently used clips leave first
-                    out[i] = cache[key]
-            missing = [i for i, g in enumerate(out) if g is None]
-            if missing:
-                dtype = torch.int16 if vqvae.config.codebook_size <= 2**15 else torch.int32
-                for i, grid in zip(missing, vqvae.encode(vqvae.features(audio[missing])).cpu()):
-                    out[i] = cache[keys[i]] = grid.to(dtype)
-            while len(cache) > size:
-                cache.popitem(last=False)
-            return torch.stack(out).long().to(audio.device)
+            return cached_tokens(cache, audio, lambda a: vqvae.encode(vqvae.features(a)), size,
+                                 vqvae.config.codebook_size)
 
     def embed(self, captions: Any, config: RunConfig, device: torch.device) -> TextEmbedding:
         """Captions (a list of ``B`` str; ``""`` = no text) → frozen text embeddings on ``device``, fp32."""
-        if not isinstance(captions, (list, tuple)) or not all(isinstance(c, str) for c in captions):
-            raise TrainingError(f"the {self.name} family needs a caption (str) for every clip; the batch's 'caption' "
-                                f"is {type(captions).__name__} {str(captions)[:80]} (use a captioned data.source)")
-        encoder = self.text_encoder(config, device)
-        with torch.no_grad(), torch.autocast(device.type, enabled=False):
-            return encoder.encode(list(captions)).to(device)
+        return embed_captions(self.text_encoder(config, device), captions, self.name, device)
 
     # ---- what a subclass gives --------------------------------------------------------------------------------
 

@@ -64,9 +64,9 @@ from course_lib.pipelines.noise2music import (
 )
 from course_lib.text.base import TextEmbedding, TextEncoder
 from course_lib.train.config import EvalConfig, RunConfig
-from course_lib.train.errors import ConfigError, TrainingError
+from course_lib.train.errors import ConfigError
 from course_lib.train.families import register_family
-from course_lib.train.families.audiogen import _slug, frozen_text_encoder
+from course_lib.train.families.audiogen import _slug, embed_captions, frozen_text_encoder
 from course_lib.train.families.base import Batch, EvalResult, Family, unwrap_model
 
 __all__ = ["CascadeConfig", "N2MConditioningConfig", "N2MEvalConfig", "N2MGeneratorRunConfig", "N2MCascaderRunConfig",
@@ -153,11 +153,7 @@ class _Noise2MusicFamily(Family):
 
     def embed(self, captions: Any, config: RunConfig, device: torch.device) -> TextEmbedding:
         """Captions (a list of ``B`` str; ``""`` = no text) → frozen text embeddings on ``device``, fp32."""
-        if not isinstance(captions, (list, tuple)) or not all(isinstance(c, str) for c in captions):
-            raise TrainingError(f"the {self.name} family needs a caption (str) for every clip; the batch's 'caption' "
-                                f"is {type(captions).__name__} {str(captions)[:80]} (use a captioned data.source)")
-        with torch.no_grad(), torch.autocast(device.type, enabled=False):
-            return self.text_encoder(config, device).encode(list(captions)).to(device)
+        return embed_captions(self.text_encoder(config, device), captions, self.name, device)
 
     def levels(self, audio: Tensor, config: RunConfig) -> tuple[Tensor, Tensor]:
         """Data audio ``(B, 1, T)`` at ``high_rate`` → ``(x, x_low)``: the clip scaled to peak ``model.peak`` and its
