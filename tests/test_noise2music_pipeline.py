@@ -4,6 +4,7 @@ cascader is conditioned on at sampling, save/load in one call, clear errors, and
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -110,7 +111,14 @@ def test_a_residual_cascader_adds_its_sample_to_the_clean_upsampled_input(pipe, 
     assert torch.equal(fresh.upsample(low, PROMPTS, steps=3, aug_level=0.2), up.clamp(-1, 1))
     trained = Noise2MusicPipeline(None, Noise2MusicStage(config, pipe.cascader.unet).eval(), text)
     plain = pipe.upsample(low, PROMPTS, steps=2, seed=3)  # the same U-Net and draws, not residual
-    assert torch.allclose(trained.upsample(low, PROMPTS, steps=2, seed=3), (up + plain).clamp(-1, 1), atol=1e-6)
+    high = plain - resample(resample(plain, 16000, 3200), 3200, 16000)
+    out = trained.upsample(low, PROMPTS, steps=2, seed=3)
+    assert torch.allclose(out, (up + high).clamp(-1, 1), atol=1e-6) and torch.equal(trained.high_band(plain), high)
+    assert float(high.abs().max()) > 0.01  # the sample does add something
+    t = torch.arange(8000) / 16000  # high_band keeps what lies above 1.6 kHz and removes what lies below
+    low_tone, high_tone = torch.sin(2 * math.pi * 400 * t), 0.5 * torch.sin(2 * math.pi * 5000 * t)
+    kept = trained.high_band((low_tone + high_tone)[None, None])[0, 0, 500:-500]
+    assert float((kept - high_tone[500:-500]).abs().max()) < 0.01
     with pytest.raises(ValueError, match="residual"):
         dataclasses.replace(pipe.generator.config, residual=True).validate()
 

@@ -84,9 +84,11 @@ class Noise2MusicStageConfig:
 
     ``residual`` (cascader only; False in the paper): the cascader diffuses the *residual* ``x − up(c)``, what
     the 16 kHz clip adds to its sinc-upsampled low-rate version ``up(c)``, and :meth:`Noise2MusicPipeline.upsample`
-    returns ``up(c) + r̂``. A deviation from Noise2Music, which diffuses the clip itself: with the U-Net's
-    zero-initialised output and x0-prediction an untrained cascader then *is* sinc upsampling, so training
-    only has to add the high band instead of first learning to copy the low one.
+    returns ``up(c) + high_band(r̂)``: only the part of the sample above the low rate's Nyquist frequency is
+    added, so the input's low band passes through untouched (AudioSR's low-frequency replacement). A deviation
+    from Noise2Music, which diffuses the clip itself: with the U-Net's zero-initialised output and
+    x0-prediction an untrained cascader then *is* sinc upsampling, so training only has to add the high band
+    instead of first learning to copy the low one.
     """
 
     stage: Literal["generator", "cascader"] = "generator"
@@ -427,7 +429,7 @@ class Noise2MusicPipeline:
         upsampled to 16 kHz, noised to ``aug_level`` (a diffusion time of the cascader's schedule; None = the
         stage's ``aug_level``; 0 = clean) with noise drawn from ``seed``, and stacked with ``x_t``. ``steps``,
         ``cfg_scale`` (on the text only), ``sampler``, ``seed`` as :meth:`generate_low`. A ``residual`` cascader
-        samples what to add to the (clean) upsampled input, and the sum is returned.
+        samples what to add to the (clean) upsampled input; its :meth:`high_band` is added, and the sum returned.
         """
         stage = self._stage("cascader")
         _check_seed(seed)
@@ -455,10 +457,19 @@ class Noise2MusicPipeline:
         def net(x_t: Tensor, t: Tensor, text: Tensor, text_mask: Tensor) -> Tensor:
             return stage(torch.cat([x_t, cond], dim=1), t, text, text_mask, aug_level=levels)
 
-        audio = self._sample(stage, net, text, length, steps, cfg_scale, sampler, generator)
+        audio = self._sample(stage, net, text, length, steps, cfg_scale, sampler, generator)[..., :length]
         if stage.config.residual:
-            audio = clean + audio
-        return audio[..., :length].clamp(-1.0, 1.0)
+            audio = clean[..., :length] + self.high_band(audio)
+        return audio.clamp(-1.0, 1.0)
+
+    def high_band(self, audio: Tensor) -> Tensor:
+        """What of 16 kHz audio ``(B, 1, T)`` (``T`` a multiple of ``sample_rate / low_rate``) lies above the low
+        rate's Nyquist frequency: ``audio − up(down(audio))`` with the pipeline's sinc resampler. A residual
+        cascader keeps only this part of what it samples, so the input's low band passes through untouched
+        (AudioSR's low-frequency replacement): a sampled residual's low band can only be error."""
+        with torch.no_grad(), torch.autocast(audio.device.type, enabled=False):
+            low = resample(audio.float(), self.sample_rate, self.low_rate)
+            return audio - resample(low, self.low_rate, self.sample_rate)[..., : audio.shape[-1]]
 
     def generate(self, prompts: Sequence[str], seconds: float = 4.0, steps: int | None = None,
                  cfg_scale: float | None = None, casc_steps: int | None = None, casc_cfg_scale: float | None = None,
