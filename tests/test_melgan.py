@@ -336,6 +336,7 @@ def test_lambda_stft_reaches_the_generator_and_is_validated():
     assert float(loss.detach()) == pytest.approx(logs["stft_sc"] + logs["stft_log_mag"], rel=1e-5)  # mel L1 logged, not used
     loss.backward()
     assert all(p.grad is not None for p in model.generator.parameters())
-    for bad, key in (("gan.lambda_stft=-1", "lambda_stft"), ("gan.stft_resolutions=[[128, 32, 256]]", "stft_resolutions")):
+    for bad, key in (("gan.lambda_stft=-1", "lambda_stft"), ("gan.stft_resolutions=[[128, 32, 256]]", "stft_resolutions"),
+                     ("gan.stft_resolutions=[[4096, 256, 1024]]", "twice gan.segment_samples")):
         with pytest.raises(ConfigError, match=key):
             family.load_config("tiny", [bad])

@@ -119,6 +119,8 @@ def test_a_residual_cascader_adds_its_sample_to_the_clean_upsampled_input(pipe, 
     low_tone, high_tone = torch.sin(2 * math.pi * 400 * t), 0.5 * torch.sin(2 * math.pi * 5000 * t)
     kept = trained.high_band((low_tone + high_tone)[None, None])[0, 0, 500:-500]
     assert float((kept - high_tone[500:-500]).abs().max()) < 0.01
+    with pytest.raises(ValueError, match="multiple of 5"):
+        trained.high_band(torch.zeros(1, 1, 4001))
     with pytest.raises(ValueError, match="residual"):
         dataclasses.replace(pipe.generator.config, residual=True).validate()
 

@@ -467,6 +467,10 @@ class Noise2MusicPipeline:
         rate's Nyquist frequency: ``audio − up(down(audio))`` with the pipeline's sinc resampler. A residual
         cascader keeps only this part of what it samples, so the input's low band passes through untouched
         (AudioSR's low-frequency replacement): a sampled residual's low band can only be error."""
+        step = self.sample_rate // self.low_rate
+        if audio.dim() != 3 or audio.shape[-1] % step:
+            raise ValueError(f"high_band expects 16 kHz audio (B, 1, T) with T a multiple of {step} "
+                             f"(sample_rate / low_rate), got shape {tuple(audio.shape)}")
         with torch.no_grad(), torch.autocast(audio.device.type, enabled=False):
             low = resample(audio.float(), self.sample_rate, self.low_rate)
             return audio - resample(low, self.low_rate, self.sample_rate)[..., : audio.shape[-1]]

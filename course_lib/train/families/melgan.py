@@ -7,7 +7,9 @@ paper; :meth:`MelGANFamily.prepare_batch` cuts them from the ``data.clip_seconds
    ``x`` and generated audio ``G(s)`` (no gradient into the generator); Adam on ``disc_optim``;
 2. ``generator``: ``−E[D_k(G(s))] + λ_fm · L_FM + λ_mel · |log_mel(G(s)) − s|₁`` (``gan.lambda_fm`` = 10 in
    the paper; ``gan.lambda_mel`` = 0 in the paper, > 0 in the course configs, as HiFi-GAN adds); Adam on
-   ``optim``. The EMA (``train.ema_decay``) averages the generator only.
+   ``optim``. The EMA (``train.ema_decay``) averages the generator only. Options beyond the paper (0 there):
+   ``gan.lambda_sc`` adds :func:`spectral_convergence` on the mel, ``gan.lambda_stft`` Parallel WaveGAN's
+   :func:`multi_resolution_stft_loss` on the waveform.
 
 With ``gan.disc_start_step`` = N > 0 (the course config; 0 in the paper) the first N steps train the generator
 on the mel loss alone and skip the discriminator (the engine's ``OptimizerGroup.start_step``), as Parallel
@@ -54,7 +56,7 @@ class MelGANLossConfig:
     """GAN training settings: crop length in samples, feature-matching weight, optional mel-loss weight,
     ``mel_top_db`` (None: the mel loss compares log-mels down to their 1e-5 floor, as HiFi-GAN; a number:
     both are clamped that many dB under the clip's peak first, the course metric's floor), ``lambda_sc`` (the
-    weight of :func:`spectral_convergence`, 0 in the paper), and
+    weight of :func:`spectral_convergence`, 0 in the paper),
     ``lambda_stft`` (the weight of :func:`multi_resolution_stft_loss`, Parallel WaveGAN's auxiliary loss on
     the linear STFT at ``stft_resolutions`` ``[n_fft, hop, win]``; 0 in the paper), and
     ``disc_start_step``: optimizer steps during which the generator trains on the mel loss alone and the
@@ -177,6 +179,9 @@ class MelGANFamily(Family):
                                          for r in g.stft_resolutions):
             raise ConfigError(f"gan.stft_resolutions: need a list of [n_fft, hop, win] with 0 < win <= n_fft and "
                               f"hop > 0, got {g.stft_resolutions}")
+        if max(int(r[0]) for r in g.stft_resolutions) // 2 >= g.segment_samples:
+            raise ConfigError(f"gan.stft_resolutions: every n_fft must be under twice gan.segment_samples "
+                              f"({g.segment_samples}; the STFT reflect-pads n_fft / 2), got {g.stft_resolutions}")
         if g.mel_top_db is not None and g.mel_top_db <= 0:
             raise ConfigError(f"gan.mel_top_db: must be > 0 dB or null, got {g.mel_top_db}")
         if g.disc_start_step < 0:

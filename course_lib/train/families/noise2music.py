@@ -16,6 +16,7 @@ generator learns exactly the signal the cascader is conditioned on. One training
                     x0, c = the same random crop of x and c             cascade.crop_seconds long
                     s ~ U(0, cascade.aug_max);  c_s = α_s c + σ_s ε'    noise-conditioning augmentation
                     loss = ‖f([x_t ; c_s], t, e, m', aug_level=s) − target‖²
+                    with model.residual (the course config): x0 = x − c, what the clip adds to c
 
 with ``t ~ U(0, 1)``, ``x_t = α_t x0 + σ_t ε`` and the target ε, v or x₀ (``model.diffusion``), all from
 :meth:`~course_lib.diffusion.gaussian.GaussianDiffusion.loss`. The augmentation noise is added after
