@@ -61,7 +61,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = SAMPLE_RATE, m
         mono: average the channels into one (shape ``(1, time)``).
 
     Raises ``FileNotFoundError`` for a missing file, ``ValueError`` naming the file for an unreadable or
-    zero-length one.
+    zero-length one, or one that holds NaN or infinite samples (with their count).
     """
     wav, _ = load_audio_with_rate(path, sample_rate=sample_rate, mono=mono)
     return wav
@@ -80,6 +80,7 @@ def load_audio_with_rate(
         raise ValueError(f"could not read audio file {path}: {err}") from err
     if data.shape[0] == 0:
         raise ValueError(f"audio file {path} has zero length")
+    check_finite_samples(data, f"audio file {path}")
     wav = torch.from_numpy(data.T.copy())  # (channels, time)
     if mono and wav.shape[0] > 1:
         wav = wav.mean(dim=0, keepdim=True)
@@ -87,6 +88,18 @@ def load_audio_with_rate(
         wav = resample(wav, file_rate, sample_rate)
         file_rate = sample_rate
     return wav, int(file_rate)
+
+
+def check_finite_samples(data: np.ndarray, name: str) -> None:
+    """Raise ``ValueError`` naming ``name`` and how many samples are NaN or infinite (a float WAV can hold them).
+
+    Such audio cannot be trained on or listened to; found at load time, the error says which file it is
+    instead of a NaN loss many steps later.
+    """
+    bad = int(np.count_nonzero(~np.isfinite(data)))
+    if bad:
+        raise ValueError(f"{name} holds {bad} non-finite sample(s) (NaN or infinity) out of {data.size}; "
+                         f"the file is damaged or was written from a broken computation")
 
 
 def save_audio(path: str | os.PathLike, wav: torch.Tensor | np.ndarray, sample_rate: int = SAMPLE_RATE,

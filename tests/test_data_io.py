@@ -273,7 +273,9 @@ def test_export_rejects_bad_clips(tmp_path):
     with pytest.raises(FileExistsError, match="overwrite=True"):
         export_clips([good], tmp_path / "ok", "train")
     export_clips([Clip(tone(880), SR, "another tone", {}, "y")], tmp_path / "ok", "train", overwrite=True)
-    assert sorted(p.name for p in (tmp_path / "ok" / "train").iterdir()) == ["metadata.jsonl", "y.wav"]
+    # the old export's x.wav is gone; .course_export.json records what the course wrote (all overwrite may delete)
+    assert sorted(p.name for p in (tmp_path / "ok" / "train").iterdir()) == [".course_export.json", "metadata.jsonl",
+                                                                             "y.wav"]
 
 
 # ------------------------------------------------------------------------------------------ torch datasets

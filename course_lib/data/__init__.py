@@ -19,6 +19,7 @@ _LAZY = {
     "export_course_dataset": "course_lib.data.export",
     "load_captioned": "course_lib.data.loaders",
     "scan_captioned": "course_lib.data.loaders",
+    "PathOutsideDatasetError": "course_lib.data.loaders",
     "CaptionedAudioDataset": "course_lib.data.torch_dataset",
     "GeneratedDataset": "course_lib.data.torch_dataset",
     "collate_captioned": "course_lib.data.torch_dataset",

@@ -13,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from course_lib.data.export import COURSE_KINDS, DEFAULT_SIZES, export_course_dataset
+from course_lib.data.export import COURSE_KINDS, DEFAULT_SIZES, check_out_dir, export_course_dataset
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 on success, 1 on a reported error, 2 on usage)."""
+    """Run the command line; returns the exit status (0 on success, 1 on a reported error, 2 on usage).
+
+    Every error is one ``error: ...`` line on stderr, never a traceback: ``--out`` that is (or lies under) a
+    file exits with 2 before anything is generated; an existing split without ``--overwrite``, or a split
+    folder the course did not write (which ``--overwrite`` never deletes), exits with 1.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     sizes = {split: getattr(args, split) for split in DEFAULT_SIZES}
@@ -43,9 +48,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not sizes:
         parser.error("all split sizes are 0: nothing to export")
     try:
+        check_out_dir(args.out)
+    except NotADirectoryError as err:
+        print(f"error: --out: {err}", file=sys.stderr)
+        return 2
+    try:
         out = export_course_dataset(args.kind, args.out, sizes, clip_seconds=args.clip_seconds,
                                     sample_rate=args.sample_rate, overwrite=args.overwrite, progress=True)
-    except (ValueError, FileExistsError, ImportError) as err:
+    except (ValueError, OSError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"wrote {sum(sizes.values())} clips to {out} ({', '.join(f'{k}: {v}' for k, v in sizes.items())})")

@@ -6,7 +6,14 @@ The layout (one folder per split, one JSON line per clip)::
       course_dataset.json          # what made it: kind, sizes, clip length, rate, course_lib version
       train/metadata.jsonl         # {"file_name": "train-000000.wav", "text": caption, "id": ..., "attributes": "{...}"}
       train/train-000000.wav       # 16-bit PCM, mono
+      train/.course_export.json    # the files this export wrote: the only ones ``overwrite=True`` deletes
       valid/...  test/...
+
+Overwriting never deletes a file the course did not write: ``overwrite=True`` removes exactly the files
+listed in the split's ``.course_export.json`` (for exports made before that file existed: the files named by
+the ``metadata.jsonl`` of a split listed in ``course_dataset.json``). A split folder holding a metadata file
+of anyone else (no such record) is refused with ``FileExistsError`` and left as it is; other audio files in a
+course split folder are left in place, with a warning.
 
 ``datasets.load_dataset("audiofolder", data_dir=out_dir)`` sees the splits (``valid`` is reported as
 ``validation``) and the ``text``/``id``/``attributes`` columns; ``attributes`` is one JSON *string* per row
@@ -35,6 +42,8 @@ from course_lib.data.loaders import SPLIT_ALIASES
 COURSE_KINDS = ("sound_events", "music")
 DEFAULT_SIZES = {"train": 1000, "valid": 100, "test": 100}
 METADATA_NAME = "metadata.jsonl"
+MANIFEST_NAME = ".course_export.json"  # hidden: audiofolder readers skip it
+CARD_NAME = "course_dataset.json"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
@@ -49,7 +58,9 @@ def export_clips(clips: Iterable[Clip], out_dir: str | os.PathLike, split: str, 
     numbers and lists, tuples become lists). Values beyond [-1, 1] are clipped with a warning (16-bit PCM
     cannot hold them). Clips are consumed one at a time, so a generator of thousands is fine; the metadata
     file appears only once every clip is written. A split folder that already holds a metadata file is an
-    error unless ``overwrite=True``, which first deletes its ``*.wav`` and ``metadata.*`` files. Raises
+    error unless ``overwrite=True``, which first deletes the files an earlier export wrote there (listed in
+    its ``.course_export.json``) and nothing else; a split the course did not write is refused with
+    ``FileExistsError`` (see the module docstring). ``out_dir`` that is a file raises ``NotADirectoryError``. Raises
     ``ValueError`` naming the clip for an empty, non-1-D or non-finite audio array, an empty caption,
     attributes that are not JSON-serialisable, or two ids that map to the same file name.
     Returns the split folder.
@@ -60,7 +71,8 @@ def export_clips(clips: Iterable[Clip], out_dir: str | os.PathLike, split: str, 
         warnings.warn(f"split {split!r} is not a folder name Hugging Face datasets recognises as a split "
                       f"({[name for group in SPLIT_ALIASES for name in group]}): load_captioned reads it, "
                       "datasets.load_dataset('audiofolder') will not", UserWarning, stacklevel=2)
-    split_dir = Path(out_dir).expanduser() / split
+    out = check_out_dir(out_dir)
+    split_dir = out / split
     _prepare_split_dir(split_dir, overwrite)
     items: Iterable[Clip] = clips
     if progress:
@@ -80,18 +92,78 @@ def export_clips(clips: Iterable[Clip], out_dir: str | os.PathLike, split: str, 
     if not seen:
         partial.unlink()
         raise ValueError(f"export_clips got no clips for split {split!r}")
+    from course_lib import __version__
+
+    manifest = {"written_by": "course_lib.data.export", "course_lib_version": __version__, "files": sorted(seen)}
+    (split_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     partial.replace(split_dir / METADATA_NAME)
     return split_dir
 
 
+def check_out_dir(out_dir: str | os.PathLike) -> Path:
+    """``out_dir`` as a Path; ``NotADirectoryError`` if it is a file or lies under a file."""
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"output folder {out} is a file, not a folder")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"output folder {out} is inside {parent}, which is a file")
+            break
+    return out
+
+
+def _plain_file_name(name: Any) -> bool:
+    return isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name and "\\" not in name
+
+
+def course_written_files(split_dir: Path) -> list[str] | None:
+    """Names of the files an earlier export wrote into ``split_dir``, or None if the course did not write it.
+
+    From the split's ``.course_export.json``; for older exports (no such file) from the ``file_name`` column
+    of its ``metadata.jsonl`` when ``course_dataset.json`` above it lists the split. Only plain file names
+    (no folders, no ``..``) are returned: nothing outside the split folder can be named.
+    """
+    manifest = split_dir / MANIFEST_NAME
+    names: list[Any] = []
+    try:
+        if manifest.is_file():
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+            names = list(data["files"])
+        else:
+            card = json.loads((split_dir.parent / CARD_NAME).read_text(encoding="utf-8"))
+            if split_dir.name not in card.get("sizes", {}):
+                return None
+            lines = (split_dir / METADATA_NAME).read_text(encoding="utf-8").splitlines()
+            names = [json.loads(line).get("file_name") for line in lines if line.strip()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return [name for name in names if _plain_file_name(name)]
+
+
 def _prepare_split_dir(split_dir: Path, overwrite: bool) -> None:
+    if split_dir.exists() and not split_dir.is_dir():
+        raise NotADirectoryError(f"split folder {split_dir} is a file, not a folder")
     existing = [split_dir / name for name in ("metadata.jsonl", "metadata.csv", "metadata.parquet")]
     if any(p.exists() for p in existing):
         if not overwrite:
             raise FileExistsError(f"{split_dir} already holds an exported split; pass overwrite=True "
                                   "(or --overwrite) to replace it")
-        for path in [*existing, *split_dir.glob("*.wav")]:
+        ours = course_written_files(split_dir)
+        if ours is None:
+            raise FileExistsError(
+                f"{split_dir} holds a metadata file the course did not write (no {MANIFEST_NAME} in it, and "
+                f"no {CARD_NAME} above it listing this split); overwrite only replaces the course's own "
+                f"exports, so nothing was deleted: move those files away or export to another folder")
+        for path in [*(split_dir / name for name in ours), *existing, split_dir / MANIFEST_NAME]:
             path.unlink(missing_ok=True)
+        from course_lib.data.loaders import AUDIO_SUFFIXES
+
+        foreign = sorted(p.name for p in split_dir.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
+        if foreign:
+            warnings.warn(f"left {len(foreign)} audio file(s) that the course did not write in {split_dir} "
+                          f"untouched ({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); the new "
+                          "metadata does not list them", UserWarning, stacklevel=3)
     split_dir.mkdir(parents=True, exist_ok=True)
 
 
@@ -158,6 +230,7 @@ def export_course_dataset(kind: str, out_dir: str | os.PathLike, sizes: Mapping[
     """
     from course_lib import __version__
 
+    out = check_out_dir(out_dir)
     sizes = dict(DEFAULT_SIZES if sizes is None else sizes)
     for split, n in sizes.items():
         if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
@@ -165,11 +238,10 @@ def export_course_dataset(kind: str, out_dir: str | os.PathLike, sizes: Mapping[
     if not clip_seconds > 0:
         raise ValueError(f"clip_seconds must be positive, got {clip_seconds!r}")
     generate = course_generator(kind)
-    out = Path(out_dir).expanduser()
     for split, n in sizes.items():
         clips = generate(split, int(n), clip_seconds=clip_seconds, sample_rate=sample_rate, start=0)
         export_clips(clips, out, split, overwrite=overwrite, progress=progress, total=int(n))
     card = {"kind": kind, "sizes": {k: int(v) for k, v in sizes.items()}, "clip_seconds": clip_seconds,
             "sample_rate": sample_rate, "course_lib_version": __version__}
-    (out / "course_dataset.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    (out / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     return out

@@ -22,8 +22,15 @@ hands back ``{"bytes", "path"}`` untouched), and the bytes or file are decoded w
 
 What happens to bad rows (documented per case, never silent):
 
+* an audio path that leads outside the dataset folder (``../../etc/passwd``, an absolute path elsewhere, a
+  symlink out of the folder, a URL in a local table): :class:`PathOutsideDatasetError` (a ``ValueError``)
+  naming the row, raised before the file is looked at, so the message never tells whether it exists. The
+  dataset folder is the source folder (or a table's folder), or ``audio_root`` when given. Pass
+  ``allow_outside=True`` for a table you trust that points into a shared audio store;
 * missing audio file: ``FileNotFoundError`` naming the file, the row and the metadata file;
 * unreadable audio file: ``ValueError`` naming the same;
+* audio with NaN or infinite samples (a float WAV can hold them): ``ValueError`` naming the file and the
+  number of such samples, when the clip is decoded;
 * a row without text (missing, empty, NaN): ``ValueError`` naming the row and its audio file;
 * a zero-length clip: **skipped**, with one ``UserWarning`` giving the count and the first names (one
   empty file in a 50 000-clip corpus should not stop a training run);
@@ -46,7 +53,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from course_lib.audio import SAMPLE_RATE, load_audio_with_rate, resample
+from course_lib.audio import SAMPLE_RATE, check_finite_samples, load_audio_with_rate, resample
 from course_lib.data.clip import Clip
 
 AUDIO_COLUMNS = ("file_name", "audio", "path", "audio_path", "filepath", "file_path", "filename", "file",
@@ -60,6 +67,10 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 SPLIT_ALIASES = (("train", "training"), ("valid", "validation", "val", "dev"),
                  ("test", "testing", "eval", "evaluation"))
 _MAX_NAMES_IN_WARNING = 5
+
+
+class PathOutsideDatasetError(ValueError):
+    """A metadata row names audio outside the dataset folder (refused unless ``allow_outside=True``)."""
 
 
 def split_aliases(split: str) -> tuple[str, ...]:
@@ -100,6 +111,7 @@ class AudioRecord:
                 data, rate = sf.read(io.BytesIO(self.audio), dtype="float32", always_2d=True)  # (time, channels)
             except Exception as err:
                 raise ValueError(f"could not decode the audio bytes of {self.name}: {err}") from err
+            check_finite_samples(data, f"the audio of {self.name}")
             wav = resample(data.mean(axis=1), int(rate), sample_rate).numpy()
         else:
             try:
@@ -114,7 +126,8 @@ class AudioRecord:
 def load_captioned(source: str | os.PathLike, split: str = "train", sample_rate: int = SAMPLE_RATE,
                    audio_column: str | None = None, text_column: str | None = None, streaming: bool = False,
                    *, audio_root: str | os.PathLike | None = None,
-                   load_kwargs: Mapping[str, Any] | None = None) -> list[Clip] | Iterator[Clip]:
+                   load_kwargs: Mapping[str, Any] | None = None,
+                   allow_outside: bool = False) -> list[Clip] | Iterator[Clip]:
     """Load a captioned corpus as :class:`Clip` objects: mono float32 ``(time,)`` at ``sample_rate`` Hz.
 
     ``source`` is a local audiofolder, a local ``.csv``/``.tsv``/``.jsonl``/``.parquet`` table, or a hub name
@@ -124,42 +137,46 @@ def load_captioned(source: str | os.PathLike, split: str = "train", sample_rate:
     ``TEXT_COLUMNS`` (the first caption of Clotho's ``caption_1``..``caption_5``; a list takes its first
     entry) unless given; if none matches, the error lists the columns that exist. Relative audio paths are
     resolved against ``audio_root`` (default: the metadata file's folder); a path without a suffix is tried
-    with ``.wav``, ``.flac``, ... ``load_kwargs`` go to ``datasets.load_dataset`` for hub names
+    with ``.wav``, ``.flac``, ... A path that leads outside the dataset folder (or ``audio_root``) is refused
+    unless ``allow_outside=True``. ``load_kwargs`` go to ``datasets.load_dataset`` for hub names
     (``name=``, ``revision=``, ``cache_dir=``...). Returns a list, or with ``streaming=True`` an iterator
     that reads and decodes one row at a time. Errors and skips: see the module docstring.
     """
     _check_rate(sample_rate)
     records = iter_records(source, split, audio_column, text_column, audio_root=audio_root,
-                           load_kwargs=load_kwargs, streaming=streaming)
+                           load_kwargs=load_kwargs, streaming=streaming, allow_outside=allow_outside)
     clips = (record.load(sample_rate) for record in records)
     return clips if streaming else list(clips)
 
 
 def scan_captioned(source: str | os.PathLike, split: str = "train", audio_column: str | None = None,
                    text_column: str | None = None, *, audio_root: str | os.PathLike | None = None,
-                   load_kwargs: Mapping[str, Any] | None = None) -> list[AudioRecord]:
+                   load_kwargs: Mapping[str, Any] | None = None, allow_outside: bool = False) -> list[AudioRecord]:
     """Read and check a corpus's metadata (and every audio file's header) without decoding any audio.
 
     Same arguments and errors as :func:`load_captioned`; returns one :class:`AudioRecord` per usable row,
     which :class:`course_lib.data.torch_dataset.CaptionedAudioDataset` decodes lazily.
     """
     return list(iter_records(source, split, audio_column, text_column, audio_root=audio_root,
-                             load_kwargs=load_kwargs))
+                             load_kwargs=load_kwargs, allow_outside=allow_outside))
 
 
 def iter_records(source: str | os.PathLike, split: str = "train", audio_column: str | None = None,
                  text_column: str | None = None, *, audio_root: str | os.PathLike | None = None,
-                 load_kwargs: Mapping[str, Any] | None = None, streaming: bool = True) -> Iterator[AudioRecord]:
+                 load_kwargs: Mapping[str, Any] | None = None, streaming: bool = True,
+                 allow_outside: bool = False) -> Iterator[AudioRecord]:
     """Lazy form of :func:`scan_captioned`: yields records row by row; warns about skipped clips at the end.
 
     ``streaming`` only matters for hub names (stream rather than download the whole split first).
     """
     rows, base_dir, label = _open_rows(source, split, load_kwargs, streaming)
+    local = Path(source).expanduser() if base_dir is not None else None
+    root = None if local is None else (local if local.is_dir() else local.parent)  # the dataset folder
     if audio_root is not None:
-        base_dir = Path(audio_root).expanduser()
+        base_dir = root = Path(audio_root).expanduser()
         if not base_dir.is_dir():
             raise FileNotFoundError(f"audio_root {base_dir} is not a folder")
-    return _records(rows, base_dir, label, split, audio_column, text_column)
+    return _records(rows, base_dir, label, split, audio_column, text_column, None if allow_outside else root)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -288,7 +305,7 @@ def _load_dataset_rows(name: str, split: str, load_kwargs: Mapping[str, Any] | N
 
 
 def _records(rows: Iterator[dict], base_dir: Path | None, label: str, split: str, audio_column: str | None,
-             text_column: str | None) -> Iterator[AudioRecord]:
+             text_column: str | None, root: Path | None = None) -> Iterator[AudioRecord]:
     skipped: list[str] = []
     count = 0
     try:
@@ -296,7 +313,7 @@ def _records(rows: Iterator[dict], base_dir: Path | None, label: str, split: str
             if index == 0:
                 audio_column = _pick_column(row, audio_column, AUDIO_COLUMNS, "audio_column", "an audio path", label)
                 text_column = _pick_column(row, text_column, TEXT_COLUMNS, "text_column", "a caption", label)
-            record = _record(row, index, base_dir, label, split, audio_column, text_column)
+            record = _record(row, index, base_dir, label, split, audio_column, text_column, root)
             if record.num_frames == 0:
                 skipped.append(record.name)
                 continue
@@ -341,10 +358,10 @@ def _pick_column(row: Mapping[str, Any], given: str | None, candidates: tuple[st
 
 
 def _record(row: Mapping[str, Any], index: int, base_dir: Path | None, label: str, split: str,
-            audio_column: str, text_column: str) -> AudioRecord:
+            audio_column: str, text_column: str, root: Path | None = None) -> AudioRecord:
     value = row.get(audio_column)
     where = f"row {index} of {label}"
-    audio, display = _resolve_audio(value, base_dir, where)
+    audio, display = _resolve_audio(value, base_dir, where, root)
     name = f"{display} ({where})"
     caption = _text(row.get(text_column))
     if caption is None:
@@ -361,13 +378,21 @@ def _record(row: Mapping[str, Any], index: int, base_dir: Path | None, label: st
                        num_frames=int(info.frames), file_rate=int(info.samplerate))
 
 
-def _resolve_audio(value: Any, base_dir: Path | None, where: str) -> tuple[str | bytes, str]:
-    """A local path (checked to exist) or encoded bytes, and how to name it in messages."""
+def _resolve_audio(value: Any, base_dir: Path | None, where: str,
+                   root: Path | None = None) -> tuple[str | bytes, str]:
+    """A local path (checked to exist) or encoded bytes, and how to name it in messages.
+
+    With ``root`` (the dataset folder), a path that leads outside it is refused before the file system is
+    asked anything about it: first by its spelling (``..``, an absolute path elsewhere), then with symlinks
+    resolved (a link inside the folder that points out of it).
+    """
     if isinstance(value, Mapping):  # an Audio(decode=False) cell: {"bytes": ..., "path": ...}
         if value.get("bytes"):
             return bytes(value["bytes"]), str(value.get("path") or "<embedded bytes>")
         value = value.get("path")
         if isinstance(value, str) and "://" in value:  # a remote file of a streamed hub dataset
+            if root is not None:  # a local table naming a URL (file:///etc/passwd reads anything)
+                raise _outside(value, root, where)
             import fsspec
 
             with fsspec.open(value, "rb") as handle:
@@ -377,11 +402,35 @@ def _resolve_audio(value: Any, base_dir: Path | None, where: str) -> tuple[str |
     path = Path(value).expanduser()
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
+    if root is not None and not _inside(path, root):
+        raise _outside(value, root, where)
     if not path.is_file() and not path.suffix:
-        path = next((path.with_suffix(s) for s in AUDIO_SUFFIXES if path.with_suffix(s).is_file()), path)
+        for candidate in (path.with_suffix(s) for s in AUDIO_SUFFIXES):
+            if root is not None and not _inside(candidate, root):
+                if os.path.lexists(candidate):  # a link inside the folder that points out of it
+                    raise _outside(candidate, root, where)
+                continue
+            if candidate.is_file():
+                path = candidate
+                break
     if not path.is_file():
         raise FileNotFoundError(f"audio file not found: {path} ({where})")
     return str(path), str(path)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Whether ``path`` stays inside ``root``: by its spelling (no file-system access), then by its real path."""
+    lexical, lexical_root = Path(os.path.abspath(path)), Path(os.path.abspath(root))
+    if not lexical.is_relative_to(lexical_root):
+        return False
+    return Path(os.path.realpath(path)).is_relative_to(Path(os.path.realpath(root)))
+
+
+def _outside(value: Any, root: Path, where: str) -> PathOutsideDatasetError:
+    return PathOutsideDatasetError(
+        f"{where}: audio path {str(value)!r} leads outside the dataset folder {root}; refused without opening "
+        f"it (a metadata table may only name files inside its folder; if you trust this table, pass "
+        f"allow_outside=True, or data.allow_outside_paths=true when training)")
 
 
 def _text(value: Any) -> str | None:

@@ -101,16 +101,19 @@ class CaptionedAudioDataset(_CroppingDataset):
     ``sample_rate`` Hz (clips at other rates are resampled on access). With ``random_crop`` the window's
     start is drawn from ``(seed, epoch, index)`` (see :func:`crop_offset`); otherwise clips are cut from
     their start. ``segment_samples=None`` returns whole clips (batch them only if they have equal lengths).
+    ``allow_outside`` lets a source's metadata name audio outside its folder (refused by default).
     """
 
     def __init__(self, clips: Sequence[Clip] | str | os.PathLike, segment_samples: int | None = None, *,
                  split: str = "train", sample_rate: int = SAMPLE_RATE, random_crop: bool = True, seed: int = 0,
                  epoch: int = 0, audio_column: str | None = None, text_column: str | None = None,
-                 audio_root: str | os.PathLike | None = None, load_kwargs: Mapping[str, Any] | None = None) -> None:
+                 audio_root: str | os.PathLike | None = None, load_kwargs: Mapping[str, Any] | None = None,
+                 allow_outside: bool = False) -> None:
         super().__init__(segment_samples, sample_rate, random_crop, seed, epoch)
         if isinstance(clips, (str, os.PathLike)):
             self.items: list[Clip] | list[AudioRecord] = scan_captioned(
-                clips, split, audio_column, text_column, audio_root=audio_root, load_kwargs=load_kwargs)
+                clips, split, audio_column, text_column, audio_root=audio_root, load_kwargs=load_kwargs,
+                allow_outside=allow_outside)
         else:
             items = list(clips)
             bad = next((i for i, c in enumerate(items) if not isinstance(c, Clip)), None)

@@ -32,12 +32,19 @@ from course_lib.train.config import (
     load_config,
 )
 from course_lib.train.engine import Trainer, train
-from course_lib.train.errors import CheckpointError, ConfigError, NonFiniteLossError, TrainingError
+from course_lib.train.errors import (
+    CheckpointError,
+    ConfigError,
+    NonFiniteLossError,
+    RunInUseError,
+    TrainingError,
+)
 from course_lib.train.families import EvalResult, Family, get_family, list_families, register_family
 
 __all__ = [
     "CheckpointError", "ConfigError", "DataConfig", "EvalConfig", "EvalResult", "Family", "NonFiniteLossError",
-    "OptimConfig", "RunConfig", "TrainConfig", "Trainer", "TrainingError", "apply_overrides", "config_from_dict",
+    "OptimConfig", "RunConfig", "RunInUseError", "TrainConfig", "Trainer", "TrainingError", "apply_overrides",
+    "config_from_dict",
     "config_to_dict", "get_family", "latest_checkpoint", "list_checkpoints", "list_families", "load_config",
     "load_from_run", "register_family", "train",
 ]

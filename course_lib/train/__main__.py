@@ -10,7 +10,9 @@ Usage::
 (``optim.lr=1e-3``, ``train.compile=true``, ``optim.betas=0.9,0.95``). Without ``--resume``/``--no-resume``
 a run directory that already holds a checkpoint is continued (see :mod:`course_lib.train.engine`). Under
 ``torchrun`` the same command trains on every process with DDP. Mistakes end with one ``error:`` line and
-exit status 2 (config) or 1 (training), not a traceback.
+exit status 2 (config: a bad value, NaN or infinity, a ``train.run_dir`` that is a file, an unknown
+``eval.best_metric``, all found before anything is built) or 1 (training: a damaged checkpoint with nothing
+to fall back to, a run folder in use by another run, unreadable data), not a traceback.
 """
 
 from __future__ import annotations
@@ -70,13 +72,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.print_config:
             print(yaml.safe_dump({"family": family.name, **config_to_dict(cfg)}, sort_keys=False), end="")
             return 0
+        from course_lib.runtime import configure_threads
         from course_lib.train.engine import Trainer
 
+        configure_threads()  # the course's policy (1 thread, or $COURSE_NUM_THREADS); train.num_threads > 0 wins
         summary = Trainer(family, cfg, resume=args.resume).fit()
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except TrainingError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # the file system refused (permissions, a full disk): say what and where
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -18,8 +18,10 @@ field's type wherever the field is not a ``str``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -55,6 +57,11 @@ class DataConfig:
     local audiofolder or metadata table (``.csv``/``.jsonl``/``.parquet``), which must exist. ``eval_source`` defaults to the same source's
     validation split. Every clip is ``clip_seconds`` long at ``sample_rate`` Hz; ``batch_size`` is per
     process (the global batch is ``batch_size * world_size * optim.grad_accum``).
+
+    A local folder or table may only name audio files inside its own folder: a row such as
+    ``../../secret.wav``, an absolute path elsewhere, or a symlink that leads out of the folder is refused
+    (without looking at the file). ``allow_outside_paths=true`` lifts that for a table you trust (one that
+    points into a shared audio store).
     """
 
     source: str = "generated:sound_events"
@@ -66,6 +73,7 @@ class DataConfig:
     batch_size: int = 16
     num_workers: int = 0
     shuffle: bool = True
+    allow_outside_paths: bool = False
 
 
 @dataclass
@@ -99,8 +107,8 @@ class TrainConfig:
     fp32 on CPU; ``fp16`` needs CUDA. ``ema_decay`` > 0 keeps an exponential moving average of the weights,
     used for evaluation, the ``best`` checkpoint and ``load_from_run(which="ema")``. ``deterministic`` turns
     on ``torch.use_deterministic_algorithms`` (exact resume on GPU needs it; on CPU results are already
-    reproducible at a fixed ``num_threads``). ``num_threads`` sets torch's CPU threads (0 leaves torch's
-    default). ``sleep_per_step`` (seconds) only exists so tests and demos can interrupt a run mid-way.
+    reproducible at a fixed ``num_threads``). ``num_threads`` sets torch's CPU threads (0 leaves them as the caller set
+    them: ``python -m course_lib.train`` applies the course's policy, one thread or ``$COURSE_NUM_THREADS``). ``sleep_per_step`` (seconds) only exists so tests and demos can interrupt a run mid-way.
     """
 
     run_dir: str = "runs/run"
@@ -165,6 +173,7 @@ class RunConfig:
         if d.eval_source is not None:
             check_data_source("data.eval_source", d.eval_source)
         _positive("optim.lr", o.lr)
+        _positive("optim.eps", o.eps)
         _non_negative("optim.weight_decay", o.weight_decay)
         _non_negative("optim.warmup_steps", o.warmup_steps)
         _non_negative("optim.grad_clip", o.grad_clip)
@@ -175,6 +184,7 @@ class RunConfig:
             raise ConfigError(f"optim.min_lr_ratio: must be in [0, 1], got {o.min_lr_ratio}")
         if not t.run_dir:
             raise ConfigError("train.run_dir: must be a folder path, got ''")
+        check_run_dir("train.run_dir", t.run_dir)
         _positive("train.max_steps", t.max_steps)
         _non_negative("train.seed", t.seed)
         _positive("train.log_every", t.log_every)
@@ -193,13 +203,29 @@ class RunConfig:
 
 
 def _positive(key: str, value: float) -> None:
+    if not math.isfinite(value):  # NaN compares False with everything: `value <= 0` would let it through
+        raise ConfigError(f"{key}: must be a finite number > 0, got {value!r}")
     if value <= 0:
         raise ConfigError(f"{key}: must be > 0, got {value!r}")
 
 
 def _non_negative(key: str, value: float) -> None:
+    if not math.isfinite(value):
+        raise ConfigError(f"{key}: must be a finite number >= 0, got {value!r}")
     if value < 0:
         raise ConfigError(f"{key}: must be >= 0, got {value!r}")
+
+
+def check_run_dir(key: str, run_dir: str | os.PathLike) -> None:
+    """Refuse a run directory that cannot be a folder: an existing file, or a path under a file."""
+    path = Path(run_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{key}: {path} is a file, not a folder")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{key}: {path} is inside {parent}, which is a file, not a folder")
+            break
 
 
 def check_data_source(key: str, source: str) -> None:
@@ -329,14 +355,18 @@ def coerce(value: Any, tp: Any, key: str, from_string: bool = False) -> Any:
                 pass
         raise fail
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if from_string:
-            try:
-                return float(str(value).strip())
-            except ValueError:
-                pass
-        raise fail
+            with contextlib.suppress(OverflowError):
+                number = float(value)
+        elif from_string:
+            with contextlib.suppress(ValueError, OverflowError):
+                number = float(str(value).strip())
+        if number is None:
+            raise fail
+        if not math.isfinite(number):  # no setting of the course means anything at NaN or infinity
+            raise ConfigError(f"{key}: expected a finite float, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

@@ -5,7 +5,9 @@ Sources (see :class:`~course_lib.train.config.DataConfig`): ``generated:<kind>``
 half sound events, half music); a local folder or
 table and ``hub:<name>`` build ``CaptionedAudioDataset`` (which reads the course exports, any audiofolder,
 Clotho/AudioCaps tables or a Hugging Face dataset, decoding lazily); ``py:<module>:<function>`` calls your
-own factory. Every clip is cut or zero-padded to ``round(clip_seconds * sample_rate)`` samples.
+own factory. Every clip is cut or zero-padded to ``round(clip_seconds * sample_rate)`` samples. A local
+folder or table may name only audio files inside its folder unless ``data.allow_outside_paths=true``; a
+file with non-finite samples (NaN, infinity) stops training with an error that names it.
 
 Sample rate policy: the model is trained at ``data.sample_rate`` only. Files stored at another rate are
 **resampled** while loading (band-limited, by ``CaptionedAudioDataset``); a dataset object that declares a
@@ -96,7 +98,7 @@ def build_dataset(data: DataConfig, split: str, seed: int = 0) -> Dataset:
     name = source[4:] if source.startswith("hub:") else source
     try:
         return CaptionedAudioDataset(name, seg, split=split, sample_rate=data.sample_rate, random_crop=train,
-                                     seed=seed)
+                                     seed=seed, allow_outside=data.allow_outside_paths)
     except (FileNotFoundError, ValueError) as err:
         raise TrainingError(f"{key} {source!r}, split {split!r}: {err}") from None
 

@@ -25,6 +25,17 @@ Resume policy (``resume=``, or the command line's ``--resume`` / ``--no-resume``
 * ``"never"`` (``--no-resume``): start fresh, and fail if the run directory already holds checkpoints
   (the engine never overwrites or mixes runs; pick a new ``train.run_dir``).
 
+One run per run directory: rank 0 holds ``train.run_dir/run.lock`` (PID, host, start time) from start to
+finish, and a second run on the same folder fails at once with :class:`RunInUseError` naming the PID and
+host that hold it; a lock left by a killed run (its PID no longer runs on this host) is taken over with a
+warning. A folder that holds the logs of an earlier run but no checkpoint (it was killed or failed before
+its first save) is reused only by a run with the same config (else :class:`CheckpointError` names the
+differing keys), or with ``resume="never"``, which replaces those logs with a warning.
+
+Damaged checkpoints: resume skips a checkpoint whose files cannot be read (truncated weights, empty
+``state.pt``, broken ``config.json``), warns naming the file and the checkpoint it continues from instead,
+and moves the damaged folder aside to ``checkpoints/damaged_step_XXXXXXXX`` (kept, never deleted).
+
 A checkpoint is continued only with the same family, the same ``model`` section and the same
 ``data.sample_rate`` (else :class:`CheckpointError` names the differing keys); other changes (more
 ``max_steps``, another LR, logging intervals) are allowed and listed in a warning, and the config in
@@ -45,7 +56,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,7 +79,13 @@ from course_lib.train.distributed import (
     init_distributed,
     mean_over_ranks,
 )
-from course_lib.train.errors import CheckpointError, ConfigError, NonFiniteLossError, TrainingError
+from course_lib.train.errors import (
+    CheckpointError,
+    ConfigError,
+    NonFiniteLossError,
+    RunInUseError,
+    TrainingError,
+)
 from course_lib.train.families import Family, get_family
 from course_lib.train.families.base import OptimizerGroup
 
@@ -77,6 +94,9 @@ RESUME_MODES = ("auto", "always", "never")
 # what the weights were trained on: the audio rate, the frozen tokenizer (codec or mel VQ-VAE) and text encoder
 _RESUME_LOCKED = ("data.sample_rate", "tokenizer.codec", "tokenizer.vqvae", "tokenizer.checkpoint",
                   "conditioning.text_encoder")
+# Keys that do not change what a run computes: a run restarted with other values is still the same run.
+_RESTART_FREE = ("train.run_dir", "train.progress", "train.tensorboard", "train.sleep_per_step", "train.num_threads",
+                 "train.check_replicas", "data.num_workers")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -244,12 +264,35 @@ class Trainer:
         prev_det = torch.are_deterministic_algorithms_enabled()
         prev_threads = torch.get_num_threads()
         info = init_distributed(self.config.train.device)
+        lock = None
         try:
+            lock = self._lock_run_dir(info)
             return self._fit(info)
         finally:
+            if lock is not None:
+                lock.release()
             torch.use_deterministic_algorithms(prev_det)
             torch.set_num_threads(prev_threads)
             cleanup_distributed(info)
+
+    def _lock_run_dir(self, info: DistInfo) -> ckpt.RunLock | None:
+        """Rank 0 takes ``run.lock``; every rank fails together if it cannot (no rank waits at a barrier)."""
+        lock, failure = None, None
+        if info.is_main:
+            try:
+                lock = ckpt.acquire_run_lock(self.run_dir)
+            except TrainingError as err:
+                failure = err
+        failures = [f for f in all_gather_object(None if failure is None else (type(failure).__name__, str(failure)))
+                    if f is not None]
+        if failures:
+            if lock is not None:
+                lock.release()
+            if failure is not None:
+                raise failure
+            kind, message = failures[0]
+            raise (RunInUseError if kind == RunInUseError.__name__ else CheckpointError)(message)
+        return lock
 
     # ---- set-up ---------------------------------------------------------------------------------------
 
@@ -259,16 +302,28 @@ class Trainer:
 
             tqdm.write(f"[{self.family.name}] {message}", file=sys.stderr)
 
-    def _find_resume_point(self) -> Path | None:
-        latest = ckpt.latest_checkpoint(self.run_dir)
-        if latest is None:
+    def _find_resume_point(self) -> tuple[Path, dict[str, Any], list[Path]] | None:
+        """The newest readable checkpoint to continue from, its training state, and the damaged newer ones."""
+        ckpts = ckpt.list_checkpoints(self.run_dir)
+        if not ckpts:
             if self.resume == "always":
                 raise CheckpointError(f"--resume: run_dir {self.run_dir} holds no checkpoint to resume from")
+            self._check_leftovers()
             return None
         if self.resume == "never":
-            raise CheckpointError(f"run_dir {self.run_dir} already holds checkpoints (latest: {latest.name}); "
+            raise CheckpointError(f"run_dir {self.run_dir} already holds checkpoints (latest: {ckpts[-1].name}); "
                                   f"continue it with --resume, or choose a new train.run_dir")
-        meta = ckpt.read_checkpoint_meta(latest)
+        damaged: list[tuple[Path, str]] = []
+        for latest in reversed(ckpts):
+            try:
+                meta, state = ckpt.check_checkpoint(latest)
+                break
+            except CheckpointError as err:
+                damaged.append((latest, str(err)))
+        else:
+            raise CheckpointError(f"no checkpoint in {self.run_dir} can be resumed from: "
+                                  + "; ".join(reason for _, reason in damaged)
+                                  + "; move them away, or choose a new train.run_dir")
         if meta.get("family") != self.family.name:
             raise CheckpointError(f"run_dir {self.run_dir} holds a checkpoint of family '{meta.get('family')}', "
                                   f"not '{self.family.name}'")
@@ -280,10 +335,40 @@ class Trainer:
             detail = ", ".join(f"{k} ({_lookup(old, k)!r} -> {_lookup(new, k)!r})" for k in locked)
             raise CheckpointError(f"run_dir {self.run_dir} holds a checkpoint of an incompatible config: {detail}; "
                                   f"use a new train.run_dir, or set these back to resume")
+        if damaged:
+            warnings.warn(f"skipped {len(damaged)} damaged checkpoint(s): "
+                          + "; ".join(reason for _, reason in damaged)
+                          + f"; resuming from {latest} (step {ckpt.checkpoint_step(latest)}) instead; the damaged "
+                          f"folder(s) are kept as {ckpt.DAMAGED_PREFIX}step_XXXXXXXX", stacklevel=3)
         if changed:
             warnings.warn(f"resuming {latest} with changed settings (the new values apply): {', '.join(changed)}",
                           stacklevel=3)
-        return latest
+        return latest, state, [path for path, _ in damaged]
+
+    def _check_leftovers(self) -> None:
+        """A run folder without checkpoints but with another run's ``config.yaml``: refuse to mix the two."""
+        previous = self.run_dir / "config.yaml"
+        if not previous.is_file():
+            return
+        try:
+            old = yaml.safe_load(previous.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            old = None
+        new = {"family": self.family.name, **config_to_dict(self.config)}
+        if isinstance(old, dict):
+            changed = [k for k in config_diff(old, new) if k not in _RESTART_FREE]
+            detail = ", ".join(f"{k} ({_lookup(old, k)!r} -> {_lookup(new, k)!r})" for k in changed)
+        else:
+            changed, detail = ["config.yaml"], f"its {previous} cannot be read"
+        if not changed:
+            return  # the same run again (it stopped before its first checkpoint): start it over
+        if self.resume == "never":
+            warnings.warn(f"starting afresh in {self.run_dir} (resume='never'): the logs of an earlier run there, "
+                          f"which saved no checkpoint, are replaced (its config differed: {detail})", stacklevel=3)
+            return
+        raise CheckpointError(f"run_dir {self.run_dir} holds the logs of another run that saved no checkpoint, with a "
+                              f"different config: {detail}; use a new train.run_dir, or pass --no-resume "
+                              f"(resume='never') to replace those logs")
 
     def _build_data(self) -> None:
         cfg, info = self.config, self.info
@@ -327,9 +412,14 @@ class Trainer:
                           pin_memory=self.info.device.type == "cuda")
 
     def _batches(self) -> Iterator[Any]:
-        """Endless stream of training batches, crossing epochs; keeps ``epoch``/``batch_in_epoch`` current."""
+        """Endless stream of training batches, crossing epochs; keeps ``epoch``/``batch_in_epoch`` current.
+
+        An error while reading the data (a damaged or non-finite audio file) becomes a :class:`TrainingError`
+        that names the file, the epoch and the batch.
+        """
         while True:
-            for batch in self._epoch_loader(self.epoch, self.batch_in_epoch):
+            for batch in _reading(self._epoch_loader(self.epoch, self.batch_in_epoch),
+                                  lambda: f"the train data (epoch {self.epoch}, batch {self.batch_in_epoch + 1})"):
                 self.batch_in_epoch += 1
                 yield batch
             self.epoch += 1
@@ -412,7 +502,8 @@ class Trainer:
         self.last_ckpt_step = self.step
         barrier()
 
-    def _restore(self, path: Path) -> None:
+    def _restore(self, path: Path, state: dict[str, Any]) -> None:
+        """Load weights (and EMA) from ``path`` and continue from its training ``state`` (already loaded)."""
         cfg, info = self.config, self.info
         ckpt.load_weights(self.model, path / ckpt.MODEL_FILE, info.device)
         if self.ema_model is not None:
@@ -420,7 +511,6 @@ class Trainer:
                 ckpt.load_weights(self.ema_model, path / ckpt.EMA_FILE, info.device)
             else:
                 self.ema_model.load_state_dict(self.model.state_dict())
-        state = ckpt.load_training_state(path)
         self._restore_optim_state(state, path)
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])
@@ -484,7 +574,7 @@ class Trainer:
                                 generator=torch.Generator().manual_seed(0))
 
             def batches() -> Iterator[Any]:
-                for i, batch in enumerate(loader):
+                for i, batch in enumerate(_reading(loader, lambda: "the eval data")):
                     if i >= cfg.eval.batches:
                         return
                     yield _to_device(batch, self.info.device)
@@ -544,7 +634,11 @@ class Trainer:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
         self.precision = resolve_precision(tc.precision, info.device)
-        resume_from = self._find_resume_point()
+        found = self._find_resume_point()
+        barrier()
+        if found is not None and info.is_main:
+            for path in found[2]:  # every rank has looked: move the damaged ones out of the checkpoint list
+                ckpt.set_aside_damaged(path)
 
         torch.manual_seed(tc.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
         self.model = self.family.build_model(cfg.model).to(info.device)
@@ -560,9 +654,9 @@ class Trainer:
         self.resumed_from: int | None = None
         self.last_ckpt: Path | None = None
         self.last_ckpt_step = self.last_eval_step = -1
-        if resume_from is not None:
-            self._restore(resume_from)
-            self._log(f"resumed from {resume_from} (step {self.step}, epoch {self.epoch})")
+        if found is not None:
+            self._restore(found[0], found[1])
+            self._log(f"resumed from {found[0]} (step {self.step}, epoch {self.epoch})")
         else:
             _seed_all(tc.seed + info.rank)
 
@@ -735,7 +829,8 @@ class Trainer:
     def _non_finite(self, what: str, value: float, micro: int) -> None:
         step = self.step + 1
         last = ckpt.latest_checkpoint(self.run_dir)
-        kept = f"the last good checkpoint ({last}) is intact" if last else "no checkpoint had been written yet"
+        kept = f"the last good checkpoint ({last}) is intact" if last else \
+            "no checkpoint had been written yet (--no-resume starts over in the same train.run_dir)"
         raise NonFiniteLossError(
             f"{what} is {value} at step {step} (micro-batch {micro + 1}/{self.config.optim.grad_accum}, epoch "
             f"{self.epoch}); training stopped and {kept}. Try a lower optim.lr, gradient clipping "
@@ -768,6 +863,21 @@ class Trainer:
             "replica_sha256": hashes,
             "replicas_identical": len(set(hashes)) <= 1,
         }
+
+
+def _reading(loader: Any, where: Callable[[], str]) -> Iterator[Any]:
+    """Iterate ``loader``; a data error (ValueError, OSError, RuntimeError) becomes a one-line TrainingError."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except (ValueError, OSError, RuntimeError) as err:
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            detail = lines[-1] if len(lines) > 1 and "Traceback" in str(err) else " ".join(lines)  # a worker's
+            raise TrainingError(f"reading {where()} failed: {detail}") from err
+        yield batch
 
 
 def _seed_all(seed: int) -> None:

@@ -16,7 +16,11 @@ class TrainingError(RuntimeError):
 
 
 class CheckpointError(TrainingError):
-    """A run directory or checkpoint is missing, incomplete, or belongs to another family or config."""
+    """A run directory or checkpoint is missing, incomplete, damaged, or belongs to another family or config."""
+
+
+class RunInUseError(TrainingError):
+    """Another live process holds the run directory's lock (``run.lock``): two runs never write one folder."""
 
 
 class NonFiniteLossError(TrainingError):

@@ -281,6 +281,9 @@ class AudioGenFamily(Family):
                 raise ConfigError(f"{key}={seconds} is {frames} codec frames = {steps} {m.pattern}-pattern steps, "
                                   f"more than model.max_len={m.max_len}: set model.max_len>={steps} or shorten {key}")
 
+    def metric_names(self, config: AudioGenRunConfig) -> set[str]:
+        return {"loss", "perplexity", "accuracy", *(f"ce_k{k}" for k in range(config.model.n_q))}
+
     def build_model(self, model_config: AudioLMConfig) -> AudioLM:
         return AudioLM(model_config)
 

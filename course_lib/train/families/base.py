@@ -22,7 +22,7 @@ fp16 scaler). The EMA covers only the groups with ``ema=True``. ``families/melga
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -150,6 +150,19 @@ class Family:
         if rate is not None and rate != config.data.sample_rate:
             raise ConfigError(f"model.sample_rate ({rate} Hz) must equal data.sample_rate "
                               f"({config.data.sample_rate} Hz): the data is delivered at data.sample_rate")
+        names = self.metric_names(config)
+        if names is not None and config.eval.best_metric not in names:
+            raise ConfigError(f"eval.best_metric: {config.eval.best_metric!r} is not a metric family {self.name!r} "
+                              f"reports; expected one of {', '.join(sorted(names))}")
+
+    def metric_names(self, config: RunConfig) -> Collection[str] | None:
+        """The metric keys :meth:`evaluate` reports for ``config``, or None if they are known only once it runs.
+
+        :meth:`validate` checks ``eval.best_metric`` against them, so a typo fails before anything is built
+        (with None, the engine checks it at the first evaluation). Default: ``("loss",)`` for the default
+        :meth:`evaluate`; None for a family that overrides :meth:`evaluate` but not this.
+        """
+        return ("loss",) if type(self).evaluate is Family.evaluate else None
 
     def config_from_dict(self, data: Mapping[str, Any], validate: bool = True) -> RunConfig:
         """Build this family's config from a nested dict (e.g. a checkpoint's stored config)."""

@@ -233,6 +233,11 @@ class CodecFamily(Family):
         if bad:
             raise ConfigError(f"eval.n_q_levels: every level must be in [1, model.n_q={m.n_q}], got {bad}")
 
+    def metric_names(self, config: CodecRunConfig) -> set[str]:
+        levels = set(config.eval.n_q_levels) or set(range(1, config.model.n_q + 1))
+        return {"loss", "kbps", "perplexity", "mel_distance", "mel_distance_unquantized", "si_sdr", "waveform_l1",
+                *(f"mel_distance_q{n}" for n in levels), *(f"si_sdr_q{n}" for n in levels)}
+
     def build_model(self, model_config: CodecModelConfig) -> nn.Module:
         codec = Codec(model_config.codec_config())
         if not model_config.adversarial:

@@ -219,6 +219,9 @@ class MelAutoencoderFamily(Family):
         if config.eval.griffin_lim_iters <= 0:
             raise ConfigError(f"eval.griffin_lim_iters: must be > 0, got {config.eval.griffin_lim_iters}")
 
+    def metric_names(self, config: MelAutoencoderRunConfig) -> tuple[str, ...]:
+        return ("loss", "mel_l1_db")
+
     def build_model(self, model_config: MelAutoencoderConfig) -> MelAutoencoder:
         return MelAutoencoder(model_config)
 

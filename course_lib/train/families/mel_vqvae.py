@@ -66,6 +66,9 @@ class MelVQVAEFamily(Family):
         if config.eval.griffin_lim_iters <= 0:
             raise ConfigError(f"eval.griffin_lim_iters: must be > 0, got {config.eval.griffin_lim_iters}")
 
+    def metric_names(self, config: MelVQVAERunConfig) -> tuple[str, ...]:
+        return ("loss", "mel_l1", "mel_l1_db", "vq_loss", "perplexity", "usage")
+
     def build_model(self, model_config: MelVQVAEConfig) -> MelVQVAE:
         return MelVQVAE(model_config)
 

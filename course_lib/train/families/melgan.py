@@ -201,6 +201,9 @@ class MelGANFamily(Family):
         if config.eval.griffin_lim_iters <= 0:
             raise ConfigError(f"eval.griffin_lim_iters: must be > 0, got {config.eval.griffin_lim_iters}")
 
+    def metric_names(self, config: MelGANRunConfig) -> tuple[str, ...]:
+        return ("mel_l1_db", "griffin_lim_mel_l1_db")
+
     def build_model(self, model_config: MelGANConfig) -> MelGAN:
         return MelGAN(model_config)
 
