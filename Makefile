@@ -15,7 +15,7 @@ LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 # Extra arguments for the comparison harness, e.g. make compare COMPARE_ARGS="--size quick --systems audiogen,diffsound"
 COMPARE_ARGS ?=
 
-.PHONY: help install check lab lab-headless test lint exercises exercises-check grade course compare strip clean
+.PHONY: help install check lab lab-headless test test-float-path-avx2 test-float-path-default lint exercises exercises-check grade course compare strip clean
 
 help:
 	@echo "make lab           set up (first time) and open JupyterLab on lesson 00"
@@ -49,7 +49,19 @@ lab-headless: check
 
 test: $(STAMP)
 	COURSE_RUN_SIZE=quick $(PY) -m pytest tests notebooks solutions --nbval-lax --nbval-current-env --nbval-cell-timeout=600 --durations=15
+	@echo "Rerunning the float-sensitive tests under two other float paths (one CPU core each, side by side):"
+	$(MAKE) --no-print-directory --output-sync=target -j2 test-float-path-avx2 test-float-path-default
 	$(VENV)/bin/ruff check .
+
+# The tests marked float_path (card re-measures, exercise known answers, choices compared across code paths)
+# again, with other float arithmetic than the main run (which uses torch's own threads and CPU kernels): one
+# thread, another vector width for torch's kernels, another MKL code path. A new exact float comparison, or a
+# tolerance too tight for another CPU, fails here instead of on a student's machine.
+FLOAT_PATH_TEST := COURSE_RUN_SIZE=quick $(PY) -m pytest tests -m float_path -q -p no:cacheprovider
+test-float-path-avx2: $(STAMP)
+	OMP_NUM_THREADS=1 ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=COMPATIBLE $(FLOAT_PATH_TEST)
+test-float-path-default: $(STAMP)
+	OMP_NUM_THREADS=1 ATEN_CPU_CAPABILITY=default MKL_CBWR=AVX2 $(FLOAT_PATH_TEST)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from course_lib.runtime import RUN_SIZES, run_size
+from course_lib.runtime import RUN_SIZES, configure_threads, run_size
 
 __all__ = ["SYSTEMS", "DOMAINS", "COLUMNS", "SIZES", "MEASURE_RATE", "ComparisonResult", "compare_models",
            "reference_start", "main"]
@@ -558,13 +558,14 @@ def main(argv: list[str] | None = None) -> ComparisonResult:
     parser.add_argument("--event-seconds", type=float, default=None)
     parser.add_argument("--music-seconds", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (the timing column depends on it)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (the timing column depends on it; default: $COURSE_NUM_THREADS, else 1)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
         result = compare_models(args.systems, n_prompts=args.n_prompts, size=args.size, seed=args.seed,
                                 progress=not args.no_progress, event_seconds=args.event_seconds,
-                                music_seconds=args.music_seconds, num_threads=args.threads)
+                                music_seconds=args.music_seconds, num_threads=configure_threads(args.threads))
     except (ValueError, TypeError, FileNotFoundError) as err:
         parser.exit(2, f"error: {err}\n")
     out = result.save(args.out)

@@ -38,6 +38,7 @@ __all__ = [
     "ResidualVectorQuantizer",
     "bitrate",
     "nearest_code",
+    "is_nearest",
     "perplexity",
     "laplace_smoothing",
     "kmeans",
@@ -101,6 +102,22 @@ def nearest_code(flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     codebook = codebook.float()
     dist_ = codebook.pow(2).sum(1)[None, :] - 2 * flat @ codebook.t()
     return dist_.argmin(dim=1)
+
+
+def is_nearest(flat: torch.Tensor, codebook: torch.Tensor, codes: torch.Tensor, rtol: float = 1e-6) -> bool:
+    """True if every ``codes[n]`` is a nearest codebook row of ``flat[n]`` up to float rounding.
+
+    ``flat``: ``(N, D)``; ``codebook``: ``(K, D)``; ``codes``: integer ``(N,)``. Distances are recomputed in
+    float64 (the referee) and a code passes if its squared distance exceeds the smallest by at most
+    ``rtol · (1 + smallest)``. Two correct float32 formulas (``‖z‖² − 2z·e + ‖e‖²``, :func:`nearest_code`,
+    ``torch.cdist``) round differently and may break a near-tie differently, and so may one formula on two
+    CPUs: compare nearest-code choices with this, not with ``torch.equal``.
+    """
+    flat, codebook = flat.detach().double(), codebook.detach().double()
+    dist = torch.cdist(flat, codebook).pow(2)  # (N, K)
+    best = dist.min(dim=1).values
+    chosen = dist.gather(1, codes.long().reshape(-1, 1))[:, 0]
+    return bool((chosen <= best + rtol * (1 + best)).all())
 
 
 def perplexity(codes: torch.Tensor, codebook_size: int) -> torch.Tensor:

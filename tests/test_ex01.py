@@ -42,6 +42,7 @@ def test_notebook_tasks_match_the_registry_and_the_exercise_is_fresh():
 
 
 @pytest.mark.parametrize("task_id", TASK_IDS)
+@pytest.mark.float_path
 def test_every_check_passes_the_solution_quickly(task_id, solution_fns, capsys):
     assert_check_passes_quickly(task_id, solution_fns, capsys)
 
@@ -68,6 +69,7 @@ def test_reference_answers_agree_with_the_library():
     assert torch.allclose(ema.codebook, new_code, atol=1e-6)
 
 
+@pytest.mark.float_path
 def test_known_answers_of_the_solution(solution_fns):
     assert solution_fns["nearest_code"](torch.tensor([[0.4], [7.0]]), torch.tensor([[0.0], [1.0], [10.0]])).tolist() \
         == [0, 2]

@@ -41,6 +41,7 @@ def test_notebook_tasks_match_the_registry_and_the_exercise_is_fresh():
 
 
 @pytest.mark.parametrize("task_id", TASK_IDS)
+@pytest.mark.float_path
 def test_every_check_passes_the_solution_quickly(task_id, solution_fns, capsys):
     assert_check_passes_quickly(task_id, solution_fns, capsys)
 
@@ -49,6 +50,7 @@ def test_check_on_the_untouched_exercise_says_not_implemented(capsys):
     assert_stubs_not_implemented(EXERCISE, TASK_IDS, capsys, NAMESPACE)
 
 
+@pytest.mark.float_path
 def test_known_answers_of_the_solution(solution_fns):
     assert solution_fns["stack_receptive_field"](3, [1, 3, 9]) == 27
     assert solution_fns["transposed_conv_length"](10, 16, 8, 4, 0) == 80  # MelGAN's r = 8: exactly 8 x

@@ -46,6 +46,7 @@ def test_notebook_tasks_match_the_registry_and_the_exercise_is_fresh():
 
 
 @pytest.mark.parametrize("task_id", TASK_IDS)
+@pytest.mark.float_path
 def test_every_check_passes_the_solution_quickly(task_id, solution_fns, capsys):
     assert_check_passes_quickly(task_id, solution_fns, capsys)
 
@@ -54,6 +55,7 @@ def test_check_on_the_untouched_exercise_says_not_implemented(capsys):
     assert_stubs_not_implemented(EXERCISE, TASK_IDS, capsys, NAMESPACE)
 
 
+@pytest.mark.float_path
 def test_known_answers_of_the_solution_and_the_references(solution_fns):
     # one query, keys 2·e1 (kept), 4·e1 (hidden), e2 (kept), d = 2: weights ∝ exp(2/√2), exp(0)
     q, k = torch.tensor([[[[1.0, 0.0]]]]), torch.tensor([[[[2.0, 0.0], [4.0, 0.0], [0.0, 1.0]]]])

@@ -45,6 +45,7 @@ def test_notebook_tasks_match_the_registry_and_the_exercise_is_fresh():
 
 
 @pytest.mark.parametrize("task_id", TASK_IDS)
+@pytest.mark.float_path
 def test_every_check_passes_the_solution_quickly(task_id, solution_fns, capsys):
     assert_check_passes_quickly(task_id, solution_fns, capsys)
 
@@ -53,6 +54,7 @@ def test_check_on_the_untouched_exercise_says_not_implemented(capsys):
     assert_stubs_not_implemented(EXERCISE, TASK_IDS, capsys, NAMESPACE)
 
 
+@pytest.mark.float_path
 def test_known_answers_of_the_solution(solution_fns):
     mask = solution_fns["causal_mask"]
     assert mask(3).int().tolist() == [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
@@ -83,7 +85,10 @@ def test_known_answers_of_the_solution(solution_fns):
                                                                 ck, cv)
             outs.append(out)
         mine = layer.out_proj(torch.cat(outs, 2).transpose(1, 2).reshape(2, 7, 16))
-    assert torch.allclose(mine, library, atol=1e-5) and torch.equal(ck, cache.keys)
+    assert torch.allclose(mine, library, atol=1e-5)
+    # the keys were projected for the whole sequence here and one step at a time in the cache: two matmul shapes,
+    # two kernels, so equal to float rounding (2e-7 seen), not bit for bit
+    assert ck.shape == cache.keys.shape and torch.allclose(ck, cache.keys, rtol=1e-5, atol=1e-6)
 
 
 def test_top_p_cases_stay_away_from_the_boundary():

@@ -66,6 +66,7 @@ def test_notebook_tasks_match_the_registry_and_the_exercise_is_fresh():
 
 
 @pytest.mark.parametrize("task_id", TASK_IDS)
+@pytest.mark.float_path
 def test_every_check_passes_the_solution_quickly(task_id, solution_fns, capsys):
     assert_check_passes_quickly(task_id, solution_fns, capsys)
 
@@ -77,6 +78,7 @@ def test_check_on_the_untouched_exercise_says_not_implemented(capsys):
 # --- the references the checks use, against the library and hand-made answers ------------------------------
 
 
+@pytest.mark.float_path
 def test_known_answers_of_the_solution(solution_fns):
     assert torch.allclose(solution_fns["mask_replace_matrix"](0.6, 0.1, 3), torch.tensor(
         [[0.7, 0.1, 0.1, 0.1], [0.1, 0.7, 0.1, 0.1], [0.1, 0.1, 0.7, 0.1], [0, 0, 0, 1]], dtype=torch.float64))

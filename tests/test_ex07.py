@@ -71,6 +71,7 @@ def test_notebook_tasks_match_the_registry_and_the_exercise_is_fresh():
 
 
 @pytest.mark.parametrize("task_id", TASK_IDS)
+@pytest.mark.float_path
 def test_every_check_passes_the_solution_quickly(task_id, solution_fns, capsys):
     assert_check_passes_quickly(task_id, solution_fns, capsys)
 
@@ -90,6 +91,7 @@ def test_checks_leave_the_global_generator_alone(solution_fns, capsys):
 # --- known answers of the solution, and the references against the library ---------------------------------
 
 
+@pytest.mark.float_path
 def test_known_answers_of_the_solution(solution_fns):
     x0, noise = torch.tensor([[[1.0, -0.5, 0.0, 0.25]]]), torch.tensor([[[1.0, 1.0, -1.0, 2.0]]])
     assert torch.allclose(solution_fns["q_sample"](x0, torch.tensor([0.64]), noise),
@@ -133,7 +135,7 @@ def test_references_agree_with_the_library():
     # the conversion cases: pred is the exact target and every library conversion gives x0, eps back
     for param, schedule, _, x_t, pred, a, s, t, x0, eps in to_x0_eps_cases():
         a_lib, s_lib = alpha_sigma(schedule, t)
-        assert torch.equal(a.flatten(), a_lib) and torch.equal(s.flatten(), s_lib)
+        assert torch.allclose(a.flatten(), a_lib, rtol=1e-6, atol=0) and torch.allclose(s.flatten(), s_lib, rtol=1e-6, atol=0)
         assert torch.allclose(v_to_x0(x_t, x0_eps_to_v(x0, eps, a, s), a, s), x0, atol=1e-5)
         assert torch.allclose(v_to_eps(x_t, x0_eps_to_v(x0, eps, a, s), a, s), eps, atol=1e-5)
         if param == "eps":

@@ -73,6 +73,7 @@ def test_notebook_tasks_match_the_registry_and_the_exercise_is_fresh():
 
 
 @pytest.mark.parametrize("task_id", TASK_IDS)
+@pytest.mark.float_path
 def test_every_check_passes_the_solution_quickly(task_id, solution_fns, capsys):
     assert_check_passes_quickly(task_id, solution_fns, capsys)
 
@@ -84,6 +85,7 @@ def test_check_on_the_untouched_exercise_says_not_implemented(capsys):
 # --- the solution's known answers, and the references against the library and SciPy -------------------------
 
 
+@pytest.mark.float_path
 def test_known_answers_of_the_solution(solution_fns):
     fd = solution_fns["frechet_distance"]
     assert fd(np.array([0.0]), np.array([[4.0]]), np.array([3.0]), np.array([[1.0]])) == pytest.approx(10.0)

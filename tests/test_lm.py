@@ -211,6 +211,7 @@ def test_cfg_scale_one_is_the_conditional_model_and_batching_is_exact(delay_mode
 
 @pytest.mark.parametrize("pattern", ["delay", "parallel", "flattening"])
 @pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
+@pytest.mark.float_path
 def test_greedy_generation_with_and_without_cache_is_identical(pattern, cfg_scale):
     model = _model(pattern)
     text, mask = _text()
@@ -221,6 +222,7 @@ def test_greedy_generation_with_and_without_cache_is_identical(pattern, cfg_scal
     assert torch.equal(with_cache, without)
 
 
+@pytest.mark.float_path
 def test_sampled_generation_shape_range_and_seed(delay_model):
     text, mask = _text()
     run = lambda seed, cache: generate(delay_model, text, mask, num_frames=6, top_k=8, top_p=0.9,  # noqa: E731
@@ -273,3 +275,12 @@ def test_time_generation_reports_rates(delay_model):
     stats = time_generation(delay_model, text, mask, num_frames=3, use_cache=True, top_k=1)
     assert stats["seconds"] > 0
     assert stats["tokens_per_s"] == pytest.approx(B * K * 3 / stats["seconds"])
+
+
+def test_time_generation_counts_the_steps_the_cache_saves(delay_model):
+    """An operation count, not wall time: S steps with the cache, 1 + 2 + ... + S without (S pattern steps)."""
+    text, mask = _text()
+    steps = delay_model.pattern.seq_len(6)
+    cached = time_generation(delay_model, text, mask, num_frames=6, use_cache=True, top_k=1, repeats=2)
+    full = time_generation(delay_model, text, mask, num_frames=6, use_cache=False, top_k=1)
+    assert cached["steps_computed"] == steps and full["steps_computed"] == steps * (steps + 1) // 2

@@ -46,3 +46,21 @@ def test_report_metrics_prints_one_parsable_line(capsys):
     assert json.loads(line[len(runtime.METRICS_PREFIX):]) == out == {"accuracy": 0.9123, "name": "x", "steps": 3}
     with pytest.raises(TypeError, match="accuracy"):
         runtime.report_metrics(accuracy=[1, 2])
+
+
+def test_configure_threads_is_one_thread_unless_asked(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv(runtime.THREADS_ENV_VAR, raising=False)
+        torch.set_num_threads(2)
+        assert runtime.configure_threads() == 1 and torch.get_num_threads() == 1
+        monkeypatch.setenv(runtime.THREADS_ENV_VAR, "2")
+        assert runtime.configure_threads() == 2 and torch.get_num_threads() == 2
+        assert runtime.configure_threads(1) == 1 and torch.get_num_threads() == 1  # an explicit number wins
+        monkeypatch.setenv(runtime.THREADS_ENV_VAR, "many")
+        with pytest.raises(ValueError, match="COURSE_NUM_THREADS='many'"):
+            runtime.configure_threads()
+        with pytest.raises(ValueError, match="positive int"):
+            runtime.configure_threads(0)
+    finally:
+        torch.set_num_threads(before)

@@ -192,20 +192,37 @@ def generate(model: AudioLM, text: Tensor, text_mask: Tensor | None, num_frames:
 
 def time_generation(model: AudioLM, text: Tensor, text_mask: Tensor | None, num_frames: int,
                     use_cache: bool = True, repeats: int = 1, **kwargs) -> dict[str, float]:
-    """Time :func:`generate` (best of ``repeats`` runs); return ``seconds``, ``tokens_per_s`` and ``frames_per_s``.
+    """Time :func:`generate` (best of ``repeats`` runs); return ``seconds``, ``tokens_per_s``, ``frames_per_s``
+    and ``steps_computed``.
 
     ``tokens_per_s`` counts the ``B·K·num_frames`` generated tokens; ``frames_per_s`` the codec frames per
-    second of wall clock (divide by the codec frame rate, e.g. 50, for the real-time factor). Extra keyword
-    arguments go to :func:`generate` (``cfg_scale``, ``top_k``, ...).
+    second of wall clock (divide by the codec frame rate, e.g. 50, for the real-time factor).
+    ``steps_computed`` counts the input steps the transformer ran over in one run, per sequence, summed over
+    its calls (guidance's two branches run as one batch): an operation count that does not depend on the
+    machine, so it shows the cache's saving (``S`` steps with it, about ``S²/2`` without) where wall time, on
+    short clips or a busy CPU, may not. Extra keyword arguments go to :func:`generate` (``cfg_scale``, ``top_k``, ...).
     """
+    steps_computed = 0
+
+    def count(module, args, kwargs_):  # forward pre-hook: the input steps of this call
+        nonlocal steps_computed
+        seq = args[0] if args else kwargs_["seq"]
+        steps_computed += seq.shape[-1]
+
     best = float("inf")
-    for _ in range(max(1, repeats)):
-        if text.is_cuda:
-            torch.cuda.synchronize(text.device)
-        start = time.perf_counter()
-        generate(model, text, text_mask, num_frames, use_cache=use_cache, **kwargs)
-        if text.is_cuda:
-            torch.cuda.synchronize(text.device)
-        best = min(best, time.perf_counter() - start)
+    for run in range(max(1, repeats)):
+        handle = model.register_forward_pre_hook(count, with_kwargs=True) if run == 0 else None
+        try:
+            if text.is_cuda:
+                torch.cuda.synchronize(text.device)
+            start = time.perf_counter()
+            generate(model, text, text_mask, num_frames, use_cache=use_cache, **kwargs)
+            if text.is_cuda:
+                torch.cuda.synchronize(text.device)
+            best = min(best, time.perf_counter() - start)
+        finally:
+            if handle is not None:
+                handle.remove()
     tokens = text.shape[0] * model.config.n_q * num_frames
-    return {"seconds": best, "tokens_per_s": tokens / best, "frames_per_s": text.shape[0] * num_frames / best}
+    return {"seconds": best, "tokens_per_s": tokens / best, "frames_per_s": text.shape[0] * num_frames / best,
+            "steps_computed": steps_computed}

@@ -54,6 +54,7 @@ from course_lib.metrics.embeddings import (
     prepare_audio,
     publish_model,
 )
+from course_lib.runtime import configure_threads
 
 __all__ = ["info_nce_loss", "AgreementConfig", "AgreementModel", "HFClapAgreement", "agreement_score",
            "similarity_matrix", "retrieval_metrics", "course_captions", "train_agreement_model",
@@ -427,11 +428,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--audio-init", default=None, help="folder of a CourseAudioClassifier to start the audio tower")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-music", action="store_true")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: $COURSE_NUM_THREADS, else 1; see course_lib.runtime.configure_threads)")
     parser.add_argument("--publish", action="store_true", help=f"write card.json + CARD.md (as {SHIPPED_AGREEMENT})")
     parser.add_argument("--float32", action="store_true", help="with --publish: keep float32 weights")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    configure_threads(args.threads)
     init = CourseAudioClassifier.from_pretrained(args.audio_init) if args.audio_init else None
     config = AgreementConfig(audio=AudioClassifierConfig(**{**init.config.to_dict(), "classes": ()})) if init else None
     model, metrics = train_agreement_model(n_per_class=args.n_per_class, steps=args.steps, paraphrases=args.paraphrases,

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib.audio import MelConfig, log_mel, resample
+from course_lib.runtime import configure_threads
 
 __all__ = ["AudioEmbedder", "prepare_audio", "AudioClassifierConfig", "ConvAudioEncoder", "CourseAudioClassifier",
            "course_label_set", "course_clips", "train_course_classifier", "measure_audio_classifier",
@@ -634,6 +635,7 @@ def publish_model(model: nn.Module, folder: str | os.PathLike, *, name: str, mod
     Returns the card (a dict)."""
     import platform
 
+    from course_lib.pretrained.measures import tolerance_text  # card wording shared by every card
     from course_lib.pretrained.publish import to_half_precision
 
     if "steps" not in train_metrics or "seconds" not in train_metrics:
@@ -661,7 +663,7 @@ def publish_model(model: nn.Module, folder: str | os.PathLike, *, name: str, mod
             "data": data,
         },
         "evaluation": {"split": "test (held out: never used in training)", "settings": settings, "metrics": metrics,
-                       "relative_tolerance": 0.02},
+                       "relative_tolerance": 0.02, "tolerance": tolerance_text(0.02, 0)},
     }
     (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     size_mb = (folder / WEIGHTS_FILE).stat().st_size / 1e6
@@ -698,11 +700,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="test clips per class measured after training (and for the card with --publish)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-music", action="store_true", help="sound-event classes only")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: $COURSE_NUM_THREADS, else 1; see course_lib.runtime.configure_threads)")
     parser.add_argument("--publish", action="store_true", help=f"write card.json + CARD.md (as {SHIPPED_CLASSIFIER})")
     parser.add_argument("--float32", action="store_true", help="with --publish: keep float32 weights")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    configure_threads(args.threads)
     model, metrics = train_course_classifier(n_per_class=args.n_per_class, steps=args.steps,
                                              clip_seconds=args.clip_seconds, seed=args.seed,
                                              music=not args.no_music,

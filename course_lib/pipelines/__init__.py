@@ -4,11 +4,14 @@
 tokens → :class:`~course_lib.codecs.Codec` decoder), AudioGen's two stages put together::
 
     from course_lib.pipelines import AudioGenPipeline
+    from course_lib.runtime import configure_threads
+    configure_threads()                                     # one CPU thread: the course's policy (README)
     pipe = AudioGenPipeline.from_pretrained()              # the shipped LM, codec and text encoder
     audio = pipe(["a dog barks twice", "rain falls"], seconds=2.0)   # (2, 1, 32000) at 16 kHz
 
 Pipelines sit above the models (``lm``, ``codecs``, ``text``) and below ``train``: nothing in the models
-imports them.
+imports them. Like every library function they leave torch's thread count alone: the entry point (your script,
+a lesson, a ``python -m course_lib.*`` command) calls :func:`course_lib.runtime.configure_threads` once.
 """
 
 from course_lib.pipelines.audiogen import AudioGenPipeline, load_codec, load_lm

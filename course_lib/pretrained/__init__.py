@@ -9,7 +9,8 @@ reached on held-out clips) and ``CARD.md`` (the same for people). Nothing is dow
     vqvae = pretrained.load("mel_vqvae_course")
     pretrained.measure("mel_vqvae_course")    # re-measures the card's metrics on fresh held-out clips
 
-The tests call :func:`measure` and fail if a card's numbers are not reproduced.
+The tests call :func:`measure` and :func:`compare_with_card`, and fail if a card's numbers are not reproduced
+within the tolerance the card states (:func:`metric_tolerance`).
 """
 
 from __future__ import annotations
@@ -75,8 +76,44 @@ def load(name: str) -> torch.nn.Module:
     return _resolve(_REGISTRY[name][0]).from_pretrained(folder)
 
 
-def measure(name: str, **kwargs: Any) -> dict[str, float]:
-    """Recompute the card's metrics for ``name`` on freshly generated held-out (test-split) clips."""
-    model = load(name)  # checks the name
+def measure(name: str, model: torch.nn.Module | None = None, **kwargs: Any) -> dict[str, float]:
+    """Recompute the card's metrics for ``name`` on freshly generated held-out (test-split) clips.
+
+    ``model`` measures another model of the same kind with ``name``'s measure and settings (e.g. a fine-tuned
+    or a damaged copy); ``kwargs`` override the card's settings."""
+    model = load(name) if model is None else model  # load checks the name
     settings = {**card(name)["evaluation"]["settings"], **kwargs}
     return _resolve(_REGISTRY[name][1])(model, **settings)
+
+
+def metric_tolerance(evaluation: dict[str, Any], key: str) -> float:
+    """The absolute tolerance within which a re-measured ``key`` reproduces a card's ``evaluation`` block.
+
+    Another CPU computes the same model in another float order (a kernel for another matrix shape, another
+    vector width, another thread split), so results agree to float rounding, not bit for bit. For a
+    continuous metric that is a small relative change: ``relative_tolerance × |value|`` (at least 1e-3). For a
+    rate over ``n`` prompts (``rate_counts[key] = n``) it is not: when one sampled token falls the other way,
+    a generative model's whole clip changes and the rate moves by ``1/n``. So a rate may differ by
+    ``rate_flips`` prompts, ``rate_flips / n``, or by the relative tolerance if that is larger. A damaged model
+    moves far more (``tests/test_pretrained.py`` shows it)."""
+    value = abs(float(evaluation["metrics"][key]))
+    tolerance = max(evaluation["relative_tolerance"] * value, 1e-3)
+    n = evaluation.get("rate_counts", {}).get(key)
+    if n:
+        tolerance = max(tolerance, evaluation.get("rate_flips", 0) / n + 1e-4)  # + the 4-decimal rounding
+    return tolerance
+
+
+def compare_with_card(name: str, measured: dict[str, float]) -> list[str]:
+    """Every way ``measured`` fails to reproduce ``name``'s card: one line each, empty when it reproduces it."""
+    evaluation = card(name)["evaluation"]
+    expected = evaluation["metrics"]
+    problems = [f"{name}: {key} is on the card but was not measured" for key in expected if key not in measured]
+    problems += [f"{name}: {key} was measured but is not on the card" for key in measured if key not in expected]
+    for key in expected:
+        if key in measured:
+            tolerance = metric_tolerance(evaluation, key)
+            if not abs(float(measured[key]) - float(expected[key])) <= tolerance:
+                problems.append(f"{name}: {key} measured {measured[key]}, card says {expected[key]} (tolerance "
+                                f"{tolerance:.4g})")
+    return problems

@@ -145,6 +145,63 @@ def adherence_rates(audio: torch.Tensor, sample_rate: int, clips: list, classifi
     return rates
 
 
+# A rate over prompts (``<prefix>class_accuracy`` ...) counts the prompts whose attributes define that check.
+RATE_ATTRIBUTES = {"class_accuracy": "class", "count_accuracy": "count", "pitch_band_accuracy": "pitch_band",
+                   "tempo_accuracy": "tempo_bpm", "mode_accuracy": "mode", "instrument_accuracy": "instrument"}
+_RATE_PREFIXES = ("cascade_ceiling_", "ceiling_", "low_", "")
+
+
+def rate_counts(metrics: dict[str, float], clips: list) -> dict[str, int]:
+    """For each prompt-adherence rate in ``metrics``, the number of ``clips`` it is a share of.
+
+    A rate's denominator depends only on the prompts' attributes (a count is checked only for prompts with a
+    count, a mode only where a key is given), never on the audio, so it is the same on every machine: the
+    card tests use it to turn "at most ``f`` prompts may flip" into a tolerance of ``f / n``."""
+    counts = {}
+    for key in metrics:
+        for prefix in _RATE_PREFIXES:
+            base = key[len(prefix):] if key.startswith(prefix) else None
+            if base in RATE_ATTRIBUTES:
+                attribute = RATE_ATTRIBUTES[base]
+                needs_key = attribute == "mode"  # the mode is checked on the prompt's tonic
+                counts[key] = sum(1 for c in clips if c.attributes.get(attribute) is not None
+                                  and (not needs_key or c.attributes.get("key") is not None))
+                break
+    return counts
+
+
+# Prompts a rate may differ by on another machine (see course_lib.pretrained.metric_tolerance). Token samplers
+# (AudioGen, Diffsound, its AR baseline) draw thousands of categorical tokens per clip: one draw that rounds the
+# other way changes the rest of the clip (seen: 1 prompt of 24 between two CPUs), so 2. Noise2Music's DDIM
+# sampler is continuous in its inputs: only a probe's decision right at its boundary can flip, so 1.
+RATE_FLIPS = {"audiogen_course": 2, "diffsound_course": 2, "diffsound_ar_course": 2,
+              "n2m_generator_course": 1, "n2m_cascader_course": 1}
+
+
+def tolerance_text(relative: float, rate_flips: int) -> str:
+    """The sentence a card uses to say how closely the tests must reproduce its metrics."""
+    text = (f"The tests re-measure every metric; one reproduces the card if it lies within {relative:.0%} of the "
+            "card's value (at least 0.001): float rounding, which differs between CPUs.")
+    if rate_flips:
+        prompts = f"{rate_flips} prompt{'s' * (rate_flips > 1)}"
+        text += (f" A prompt-adherence rate over n prompts (`rate_counts`) may also differ by {prompts} "
+                 f"({rate_flips}/n): on another CPU a float rounded the other way can change one sampled token, "
+                 "and with it a whole generated clip, or a probe's decision at its boundary (seen: 1 prompt of 24). "
+                 "A damaged model moves far more (tests/test_pretrained.py).")
+    return text
+
+
+def prompt_clips(name: str, settings: dict) -> list:
+    """The test-split clips whose captions a generative card's measure prompts with (``[]`` for other models)."""
+    if name in ("audiogen_course", "diffsound_course", "diffsound_ar_course"):
+        return list(sound_events.generate_clips("test", settings.get("n_prompts", 24), settings.get("seconds", 2.0),
+                                                16_000))
+    if name in ("n2m_generator_course", "n2m_cascader_course"):
+        seconds = settings.get("seconds", 4.0 if name == "n2m_generator_course" else 2.0)
+        return list(music.generate_clips("test", settings.get("n_prompts", 24), float(seconds), 16_000))
+    return []
+
+
 @torch.no_grad()
 def measure_audiogen(model, n_prompts: int = 24, seconds: float = 2.0, cfg_scale: float = 3.0, seed: int = 0,
                      codec=None, text_encoder=None, top_k: int = 250, temperature: float = 1.0,

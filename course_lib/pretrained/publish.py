@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from course_lib.pretrained import _REGISTRY, PRETRAINED_DIR, _resolve
+from course_lib.runtime import configure_threads
 
 
 def to_half_precision(weights: Path) -> None:
@@ -30,6 +31,19 @@ def to_half_precision(weights: Path) -> None:
 
     tensors = load_file(str(weights))
     save_file({k: (v.half() if v.dtype == torch.float32 else v) for k, v in tensors.items()}, str(weights))
+
+
+def card_evaluation(name: str, settings: dict, metrics: dict, relative: float = 0.02) -> dict:
+    """A card's ``evaluation`` block: how it was measured, the metrics, and the tolerance the tests apply."""
+    from course_lib.pretrained.measures import RATE_FLIPS, prompt_clips, rate_counts, tolerance_text
+
+    counts = rate_counts(metrics, prompt_clips(name, settings))
+    evaluation = {"split": "test (held out: never used in training or in the run's evaluation)",
+                  "settings": settings, "metrics": metrics, "relative_tolerance": relative}
+    if counts:
+        evaluation.update(rate_counts=counts, rate_flips=RATE_FLIPS.get(name, 1))
+    evaluation["tolerance"] = tolerance_text(relative, evaluation.get("rate_flips", 0))
+    return evaluation
 
 
 def publish(run_dir: Path, name: str, command: str, which: str = "last", description: str = "",
@@ -62,8 +76,7 @@ def publish(run_dir: Path, name: str, command: str, which: str = "last", descrip
             "machine": f"{platform.machine()} CPU, torch {torch.__version__}, 1 thread (2-core machine, shared)",
             "data": "course generators, train split (see config.yaml in the card's text)",
         },
-        "evaluation": {"split": "test (held out: never used in training or in the run's evaluation)",
-                       "settings": settings, "metrics": metrics, "relative_tolerance": 0.02},
+        "evaluation": card_evaluation(name, settings, metrics),
     }
     (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     lines = [f"# {name}", "", description, "", f"- class: `{card['model_class']}`",
@@ -73,7 +86,9 @@ def publish(run_dir: Path, name: str, command: str, which: str = "last", descrip
              f"{card['training']['machine']}", "- data: the course's generated clips, train split", "",
              "## Held-out metrics", "", "Re-measured by the tests (`tests/test_pretrained.py`) with "
              f"`course_lib.pretrained.measure({name!r})`:", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in metrics.items()]
+    counts = card["evaluation"].get("rate_counts", {})
+    lines += [f"| {k} | {v}{f' (of {counts[k]} prompts)' if k in counts else ''} |" for k, v in metrics.items()]
+    lines += ["", "**Tolerance.** " + card["evaluation"]["tolerance"]]
     lines += ["", "## Training config", "", "```yaml", config_text.strip(), "```", ""]
     (folder / "CARD.md").write_text("\n".join(lines))
     return card
@@ -89,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", default="{}", help="JSON keyword arguments for the measuring function")
     parser.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
     args = parser.parse_args(argv)
+    configure_threads()  # the cards' measures run on one thread unless $COURSE_NUM_THREADS says otherwise
     card = publish(args.run, args.name, args.command, args.which, args.description, json.loads(args.settings),
                    args.half)
     print(json.dumps(card["evaluation"]["metrics"], indent=2))

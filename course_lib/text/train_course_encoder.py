@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from course_lib.runtime import configure_threads
 from course_lib.text.captions import (
     DOMAINS,
     HELD_OUT_WORDS,
@@ -136,6 +137,8 @@ def train(out: Path, steps: int = 1200, batch: int = 128, lr: float = 1e-3, temp
 
 def _write_card(out: Path, model: CourseTextEncoder, metrics: dict, before: dict, settings: dict, history: list,
                 command: str, steps: int, train_seconds: float, total_seconds: float, hyper: dict) -> dict:
+    from course_lib.pretrained.measures import tolerance_text  # card wording shared by every card
+
     description = ("The course's offline text encoder: a WordPiece tokenizer learnt from the course captions and "
                    f"a {model.config.n_layers}-layer, {model.config.dim}-wide transformer trained contrastively "
                    "so that paraphrases of the same generated sound or music land together. Frozen; "
@@ -161,7 +164,7 @@ def _write_card(out: Path, model: CourseTextEncoder, metrics: dict, before: dict
         },
         "evaluation": {"split": "test (held out: never used in training or validation)",
                        "settings": settings, "metrics": metrics, "relative_tolerance": 0.02,
-                       "untrained_metrics": before, "held_out_words": HELD_OUT_WORDS},
+                       "tolerance": tolerance_text(0.02, 0), "untrained_metrics": before, "held_out_words": HELD_OUT_WORDS},
     }
     (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     lines = [f"# {NAME}", "", description, "", f"- class: `{card['model_class']}`",
@@ -202,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: $COURSE_NUM_THREADS, else 1; see course_lib.runtime.configure_threads)")
     parser.add_argument("--eval-every", type=int, default=200)
     parser.add_argument("--eval-n", type=int, default=64, help="test clips per domain for the card")
     args = parser.parse_args(argv)
@@ -211,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{key.replace('_', '-')} must be at least 1")
     if args.batch < 2:
         parser.error("--batch must be at least 2 (one sound event and one music clip)")
-    torch.set_num_threads(args.threads)
+    configure_threads(args.threads)
     command = "python -m course_lib.text.train_course_encoder " + " ".join(argv if argv is not None else sys.argv[1:])
     train(args.out, steps=args.steps, batch=args.batch, lr=args.lr, temperature=args.temperature,
           token_drop=args.token_drop, pool_size=args.pool, vocab_size=args.vocab, seed=args.seed,
