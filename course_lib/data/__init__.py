@@ -1,7 +1,8 @@
 """The course's captioned datasets, made offline, and the bridge to real corpora.
 
 * ``sound_events``: AudioCaps-like captioned sound events synthesised from parameters;
-* ``music``: MusicCaps-like captioned melodies and drums;
+* ``music``: MusicCaps-like captioned melodies and drums (version 1 synthesised, the default; version 2,
+  ``music_sf2``, played on General MIDI instruments by the NumPy SoundFont player ``soundfont``);
 * ``probes``: functions that read attributes (class, count, pitch, loudness, tempo) back from audio;
 * ``export`` / ``loaders``: write the generated clips as a Hugging Face *audiofolder*, and read it or any
   real captioned corpus back through ``datasets`` without torchcodec;

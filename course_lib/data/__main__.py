@@ -1,6 +1,7 @@
 """Command line for the course datasets.
 
     python -m course_lib.data export --kind sound_events --out data/sound_events --train 1000 --valid 100 --test 100
+    python -m course_lib.data export --kind music --generator-version 2 --out data/music_v2
 
 writes ``data/sound_events/{train,valid,test}/`` in the Hugging Face audiofolder layout (16-bit wav files
 plus ``metadata.jsonl``), with a progress bar per split. Read it back with
@@ -29,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--clip-seconds", type=float, default=4.0, help="clip length in seconds (default 4)")
     export.add_argument("--sample-rate", type=int, default=16_000, help="sample rate in Hz (default 16000)")
     export.add_argument("--overwrite", action="store_true", help="replace splits that were exported before")
+    export.add_argument("--generator-version", type=int, default=None, metavar="N",
+                        help="generator version (music: 1, synthesised, the default; 2, SoundFont instruments)")
     return parser
 
 
@@ -54,7 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         out = export_course_dataset(args.kind, args.out, sizes, clip_seconds=args.clip_seconds,
-                                    sample_rate=args.sample_rate, overwrite=args.overwrite, progress=True)
+                                    sample_rate=args.sample_rate, overwrite=args.overwrite, progress=True,
+                                    version=args.generator_version)
     except (ValueError, OSError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

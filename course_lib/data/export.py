@@ -23,6 +23,7 @@ so that clips with different attribute keys share one schema. Decoding through d
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import os
@@ -40,6 +41,7 @@ from course_lib.data.clip import Clip
 from course_lib.data.loaders import SPLIT_ALIASES
 
 COURSE_KINDS = ("sound_events", "music")
+GENERATOR_VERSIONS = {"sound_events": (1,), "music": (1, 2)}  # the first of each is the default
 DEFAULT_SIZES = {"train": 1000, "valid": 100, "test": 100}
 METADATA_NAME = "metadata.jsonl"
 MANIFEST_NAME = ".course_export.json"  # hidden: audiofolder readers skip it
@@ -206,27 +208,35 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} {value!r} is not JSON-serialisable")
 
 
-def course_generator(kind: str) -> Callable[..., Iterator[Clip]]:
+def course_generator(kind: str, version: int | None = None) -> Callable[..., Iterator[Clip]]:
     """The ``generate_clips(split, n, clip_seconds, sample_rate, start)`` function of a course dataset.
 
     ``kind`` is ``"sound_events"`` (:mod:`course_lib.data.sound_events`) or ``"music"``
-    (:mod:`course_lib.data.music`); the module is imported only when asked for.
+    (:mod:`course_lib.data.music`); the module is imported only when asked for. ``version`` picks the
+    generator version (:data:`GENERATOR_VERSIONS`: music 1, synthesised, or 2, SoundFont instruments);
+    None is the kind's default (1).
     """
     if kind not in COURSE_KINDS:
         raise ValueError(f"unknown course dataset kind {kind!r}; expected one of {COURSE_KINDS}")
+    if version is not None and (isinstance(version, bool) or version not in GENERATOR_VERSIONS[kind]):
+        raise ValueError(f"{kind} has generator version(s) {GENERATOR_VERSIONS[kind]}, got {version!r}")
     module = importlib.import_module(f"course_lib.data.{kind}")
-    return module.generate_clips
+    if version is None or version == GENERATOR_VERSIONS[kind][0]:
+        return module.generate_clips
+    return functools.partial(module.generate_clips, version=version)
 
 
 def export_course_dataset(kind: str, out_dir: str | os.PathLike, sizes: Mapping[str, int] | None = None,
                           clip_seconds: float = 4.0, sample_rate: int = 16_000, *, overwrite: bool = False,
-                          progress: bool = False) -> Path:
+                          progress: bool = False, version: int | None = None) -> Path:
     """Generate a course dataset and export every split: ``out_dir/<split>/`` as in :func:`export_clips`.
 
     ``sizes`` maps split name to number of clips (default ``{"train": 1000, "valid": 100, "test": 100}``);
     clips are ``clip_seconds`` long at ``sample_rate`` Hz and addressed by (split, index), so the same
     arguments always give the same files. Also writes ``out_dir/course_dataset.json`` recording kind, sizes,
-    clip length, rate and the course_lib version. ``progress`` shows one tqdm bar per split. Returns ``out_dir``.
+    clip length, rate and the course_lib version. ``progress`` shows one tqdm bar per split. ``version``
+    picks the generator version (see :func:`course_generator`; None: the default, and the card then has
+    no ``version`` entry, as before versions existed). Returns ``out_dir``.
     """
     from course_lib import __version__
 
@@ -237,11 +247,13 @@ def export_course_dataset(kind: str, out_dir: str | os.PathLike, sizes: Mapping[
             raise ValueError(f"size of split {split!r} must be a positive int, got {n!r}")
     if not clip_seconds > 0:
         raise ValueError(f"clip_seconds must be positive, got {clip_seconds!r}")
-    generate = course_generator(kind)
+    generate = course_generator(kind, version)
     for split, n in sizes.items():
         clips = generate(split, int(n), clip_seconds=clip_seconds, sample_rate=sample_rate, start=0)
         export_clips(clips, out, split, overwrite=overwrite, progress=progress, total=int(n))
     card = {"kind": kind, "sizes": {k: int(v) for k, v in sizes.items()}, "clip_seconds": clip_seconds,
             "sample_rate": sample_rate, "course_lib_version": __version__}
+    if version is not None:
+        card["version"] = int(version)
     (out / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     return out

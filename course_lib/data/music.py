@@ -13,6 +13,11 @@ the first beat of every bar is accented. Drums, when present, are synthesised: k
 a closed hi-hat on every beat. Attributes also list every note as ``[midi, onset_s, duration_s]``.
 Determinism and split-disjoint seeds work exactly as in :mod:`course_lib.data.sound_events`; the
 instrument of clip ``index`` is ``INSTRUMENTS[index % len(INSTRUMENTS)]`` unless overridden.
+
+Two versions (``version=`` of :func:`generate_clip` / :func:`generate_clips`): 1, the default and what the
+shipped models were trained on, synthesises every note here (additive tones, noise drums); 2
+(:mod:`course_lib.data.music_sf2`) plays the same kind of score on real sampled instruments from a General
+MIDI SoundFont, with more instruments (strings, brass) and a humanised performance.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from course_lib.data.clip import Clip
 
 GENERATOR = "music/v1"
 STREAM = 2
+VERSIONS: tuple[int, ...] = (1, 2)  # 1: synthesised here (the default); 2: SoundFont (course_lib.data.music_sf2)
 
 INSTRUMENTS: tuple[str, ...] = ("piano", "organ", "guitar", "flute", "synth lead", "bass")
 KEYS: tuple[str, ...] = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
@@ -38,7 +44,8 @@ FAST_BPM = 110  # mood boundary: at or above is "fast"
 OVERRIDE_KEYS: tuple[str, ...] = ("instrument", "tempo_bpm", "key", "mode", "has_drums")
 
 _SCALES = {"major": np.array([0, 2, 4, 5, 7, 9, 11]), "minor": np.array([0, 2, 3, 5, 7, 8, 10])}
-_BASE_MIDI = {"piano": 60, "organ": 60, "guitar": 48, "flute": 72, "synth lead": 60, "bass": 36}  # C of an octave
+_BASE_MIDI = {"piano": 60, "organ": 60, "guitar": 48, "flute": 72, "synth lead": 60, "bass": 36,  # C of an octave
+              "strings": 60, "brass": 60}  # strings and brass: music v2 only
 
 
 def mood_of(mode: str, tempo_bpm: float) -> str:
@@ -63,7 +70,8 @@ _MOOD_WORDS = {"happy": ("happy", "upbeat", "cheerful", "joyful"), "calm": ("cal
                "tense": ("tense", "dramatic", "urgent", "dark"), "sad": ("sad", "melancholic", "gloomy", "sorrowful")}
 _INSTRUMENT_WORDS = {"piano": ("piano",), "organ": ("organ", "electric organ"), "guitar": ("guitar", "plucked guitar"),
                      "flute": ("flute",), "synth lead": ("synth lead", "square-wave synth"),
-                     "bass": ("bass", "bass guitar")}
+                     "bass": ("bass", "bass guitar"),
+                     "strings": ("strings", "bowed strings"), "brass": ("brass", "brass section")}  # v2 only
 _WITH_DRUMS = (" with drums", " with a drum beat", " over a steady drum beat", " accompanied by drums")
 _NO_DRUMS = (" without drums", ", no drums", " with no percussion")
 _TEMPLATES = (
@@ -177,15 +185,17 @@ def _drum_kit(rng, sr):
 # --------------------------------------------------------------------------------------------------------
 
 
-def _draw(rng: np.random.Generator, index: int, overrides: dict) -> dict[str, Any]:
+def _draw(rng: np.random.Generator, index: int, overrides: dict,
+          instruments: tuple[str, ...] = INSTRUMENTS) -> dict[str, Any]:
+    """The clip's tags (instrument cycling through ``instruments`` with the index) with ``overrides`` applied."""
     bad = sorted(set(overrides) - set(OVERRIDE_KEYS))
     if bad:
         raise ValueError(f"unknown override(s) {bad}; the music generator accepts {OVERRIDE_KEYS} "
                          f"(mood follows from mode and tempo)")
     a: dict[str, Any] = {}
-    a["instrument"] = overrides.get("instrument", INSTRUMENTS[index % len(INSTRUMENTS)])
-    if a["instrument"] not in INSTRUMENTS:
-        raise ValueError(f"unknown instrument {a['instrument']!r}; expected one of {INSTRUMENTS}")
+    a["instrument"] = overrides.get("instrument", instruments[index % len(instruments)])
+    if a["instrument"] not in instruments:
+        raise ValueError(f"unknown instrument {a['instrument']!r}; expected one of {instruments}")
     bpm = overrides.get("tempo_bpm", int(rng.integers(TEMPO_RANGE[0], TEMPO_RANGE[1] + 1)))
     if isinstance(bpm, bool) or not isinstance(bpm, (int, float, np.integer)) or not 40 <= bpm <= 240:
         raise ValueError(f"tempo_bpm must be a number of beats per minute in [40, 240], got {bpm!r}")
@@ -227,15 +237,28 @@ def _melody(rng: np.random.Generator, a: dict, clip_seconds: float) -> list[list
     return notes
 
 
+def check_version(version: int) -> int:
+    """``version`` if it is one of :data:`VERSIONS`, else a ``ValueError`` naming them."""
+    if isinstance(version, bool) or version not in VERSIONS:
+        raise ValueError(f"music generator version must be one of {VERSIONS} (1: synthesised, the default; "
+                         f"2: SoundFont instruments), got {version!r}")
+    return int(version)
+
+
 def generate_clip(index: int, split: str = "train", clip_seconds: float = 4.0, sample_rate: int = 16000,
-                  **overrides: Any) -> Clip:
+                  version: int = 1, **overrides: Any) -> Clip:
     """Synthesise music clip ``index`` of ``split``: audio ``(time,)`` float32, a caption and its tags.
 
     ``time = round(clip_seconds * sample_rate)``; the same arguments always give bit-identical audio.
     ``overrides`` force tags (keys in :data:`OVERRIDE_KEYS`: ``instrument``, ``tempo_bpm``, ``key``,
     ``mode``, ``has_drums``); the mood always follows from mode and tempo (:func:`mood_of`). Unknown keys or
     values raise a ``ValueError`` naming what is allowed. Peak level is between -6 and -1 dBFS.
+    ``version=2`` renders the clip through a SoundFont instead (:func:`course_lib.data.music_sf2.generate_clip`).
     """
+    if check_version(version) == 2:
+        from course_lib.data import music_sf2  # imported on demand: it imports this module
+
+        return music_sf2.generate_clip(index, split, clip_seconds, sample_rate, **overrides)
     n = synth.check_clip_args(clip_seconds, sample_rate)
     seed = synth.clip_seed(split, index)
     rng = synth.make_rng(seed, STREAM)
@@ -269,10 +292,12 @@ def generate_clip(index: int, split: str = "train", clip_seconds: float = 4.0, s
 
 
 def generate_clips(split: str, n: int, clip_seconds: float = 4.0, sample_rate: int = 16000, start: int = 0,
-                   **overrides: Any) -> Iterator[Clip]:
-    """Yield ``n`` music clips of ``split`` with indices ``start, ..., start + n - 1`` (see :func:`generate_clip`)."""
+                   version: int = 1, **overrides: Any) -> Iterator[Clip]:
+    """Yield ``n`` music clips of ``split`` with indices ``start, ..., start + n - 1`` (see :func:`generate_clip`;
+    ``version`` picks the generator, 1 by default)."""
     synth.check_split(split)
+    check_version(version)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"n must be a non-negative int, got {n!r}")
     for i in range(start, start + n):
-        yield generate_clip(i, split, clip_seconds, sample_rate, **overrides)
+        yield generate_clip(i, split, clip_seconds, sample_rate, version, **overrides)

@@ -140,11 +140,12 @@ class GeneratedDataset(_CroppingDataset):
     clip every time and the same one :func:`course_lib.data.export.export_course_dataset` writes. Items
     are as for :class:`CaptionedAudioDataset`; by default whole clips, ``(1, round(clip_seconds *
     sample_rate))`` if the generator returns that length, or crops when ``segment_samples`` is given.
+    ``version`` picks the generator version (:func:`course_lib.data.export.course_generator`; None: default).
     """
 
     def __init__(self, kind: str, split: str = "train", size: int = 1000, clip_seconds: float = 4.0,
                  sample_rate: int = SAMPLE_RATE, *, segment_samples: int | None = None, random_crop: bool = False,
-                 seed: int = 0, epoch: int = 0) -> None:
+                 seed: int = 0, epoch: int = 0, version: int | None = None) -> None:
         from course_lib.data.export import course_generator
 
         super().__init__(segment_samples, sample_rate, random_crop, seed, epoch)
@@ -152,8 +153,9 @@ class GeneratedDataset(_CroppingDataset):
             raise ValueError(f"size must be a positive int (number of clips), got {size!r}")
         if not clip_seconds > 0:
             raise ValueError(f"clip_seconds must be positive, got {clip_seconds!r}")
-        course_generator(kind)  # fail now, not in a worker, if the kind is unknown
+        course_generator(kind, version)  # fail now, not in a worker, if the kind or version is unknown
         self.kind, self.split, self.size, self.clip_seconds = kind, split, int(size), float(clip_seconds)
+        self.version = version
 
     def __len__(self) -> int:
         return self.size
@@ -161,7 +163,7 @@ class GeneratedDataset(_CroppingDataset):
     def _clip(self, index: int) -> Clip:
         from course_lib.data.export import course_generator
 
-        generate = course_generator(self.kind)
+        generate = course_generator(self.kind, self.version)
         clips = generate(self.split, 1, clip_seconds=self.clip_seconds, sample_rate=self.sample_rate, start=index)
         clip = next(iter(clips), None)
         if clip is None:
