@@ -10,7 +10,9 @@ Every exercise task has one *checker*, a function ``checker(ctx, fn)`` registere
   traceback: a ``NotImplementedError`` reads "not implemented yet", any other exception is shown as its type,
   message and line, followed by a hint;
 * it returns ``True``/``False`` and, if ``$COURSE_GRADER_RESULTS`` names a file, appends one JSON line
-  ``{"task": ..., "passed": ..., "message": ...}`` to it: that file is what the grader scores.
+  ``{"task": ..., "passed": ..., "message": ...}`` to it, for tools that want a log of the checks. The
+  course's grader does not read it (a notebook can write it too): it runs the checks itself, in a process
+  of its own (see :mod:`course_lib.exercises.grade`).
 
 Under nbgrader (``$NBGRADER_EXECUTION`` is ``autograde`` or ``validate``) a failed check also raises
 ``AssertionError``, because nbgrader awards a grade cell's points when the cell runs without error.

@@ -2,8 +2,9 @@
 
 ``generate [--check]`` rewrites ``exercises/`` from ``solutions/`` (``--check`` writes nothing and exits 1
 listing the stale files). ``grade NOTEBOOK_OR_FOLDER [--timeout 120] [--csv grades.csv]`` runs each
-submission in a fresh kernel, prints a table of points per task and optionally writes one CSV row per
-submission.
+submission in a fresh kernel and scores it with the grader's own checks in a separate process, each in a
+throw-away copy of its folder (see :mod:`course_lib.exercises.grade`), prints a table of points per task
+and optionally writes one CSV row per submission (always: a submission that cannot be graded is a row too).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from course_lib.exercises.grade import (
     collect_submissions,
     format_result,
     grade_many,
-    grade_notebook,
+    solution_tasks,
     write_csv,
 )
 
@@ -66,17 +67,13 @@ def main(argv: list[str] | None = None) -> int:
             print("error: --timeout and --cell-timeout must be positive seconds, --jobs at least 1", file=sys.stderr)
             return 2
         submissions = collect_submissions(args.path)
+        if args.solution:  # a broken solution is the instructor's to fix before grading, not one row per student
+            solution_tasks(args.solution)
         kwargs = dict(solution=args.solution, solutions_dir=args.solutions, timeout=args.timeout,
                       cell_timeout=args.cell_timeout, kernel_name=args.kernel)
-        if args.jobs == 1:  # print each table as soon as it is ready
-            results = []
-            for submission in submissions:
-                results.append(grade_notebook(submission, **kwargs))
-                print(format_result(results[-1]), flush=True)
-        else:
-            results = grade_many(submissions, jobs=args.jobs, **kwargs)
-            for result in results:
-                print(format_result(result), flush=True)
+        # each table is printed as soon as it is ready; a submission that fails becomes a "not run" row
+        results = grade_many(submissions, jobs=args.jobs, on_result=lambda r: print(format_result(r), flush=True),
+                             **kwargs)
         if args.csv:
             root = args.path if args.path.is_dir() else args.path.parent
             print(f"wrote {write_csv(results, args.csv, root)}")
