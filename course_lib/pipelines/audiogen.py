@@ -33,6 +33,7 @@ from course_lib.lm.model import AudioLM
 from course_lib.lm.sampling import generate
 from course_lib.text import load_text_encoder
 from course_lib.text.base import TextEmbedding, TextEncoder
+from course_lib.text.prompts import encode_prompts
 
 __all__ = ["AudioGenPipeline", "load_codec", "load_lm", "load_text"]
 
@@ -171,14 +172,10 @@ class AudioGenPipeline:
     # ---- pieces ---------------------------------------------------------------------------------------------
 
     def encode_text(self, prompts: Sequence[str]) -> TextEmbedding:
-        """Captions → :class:`~course_lib.text.TextEmbedding` on the LM's device (``""`` = no condition)."""
-        if isinstance(prompts, str):
-            raise TypeError(f"prompts must be a list of captions, got a single str: wrap it as [{prompts!r}]")
-        if not isinstance(prompts, (list, tuple)) or not prompts:
-            got = "an empty list" if isinstance(prompts, (list, tuple)) else type(prompts).__name__
-            raise ValueError(f"prompts must be a non-empty list of captions (str), got {got}")
-        with torch.no_grad():
-            return self.text_encoder.encode(list(prompts)).to(self.device)
+        """Captions → :class:`~course_lib.text.TextEmbedding` on the LM's device (``""`` = no condition);
+        a :class:`~course_lib.text.PromptWarning` for each prompt the text encoder cannot read as written (empty,
+        too long, mostly unknown words: :func:`course_lib.text.prompt_report`)."""
+        return encode_prompts(self.text_encoder, prompts, self.device)
 
     def encode_prompt(self, prompt_audio: Tensor | np.ndarray, batch: int, sample_rate: int | None = None) -> Tensor:
         """Prompt audio → its codes ``(batch, K, P)``, ``P = floor(samples / hop_length)`` whole frames.

@@ -49,6 +49,7 @@ from course_lib.lm.model import AudioLM
 from course_lib.lm.sampling import generate as lm_generate
 from course_lib.pipelines.audiogen import PRETRAINED_PREFIX, _eval_mode, _load_model, load_text
 from course_lib.text.base import TextEmbedding, TextEncoder
+from course_lib.text.prompts import encode_prompts
 from course_lib.vocoders import GriffinLimVocoder, MelGAN, Vocoder
 
 __all__ = ["DiffsoundPipeline", "grid_to_sequence", "sequence_to_grid", "load_decoder", "load_vqvae",
@@ -261,14 +262,10 @@ class DiffsoundPipeline:
     # ---- pieces --------------------------------------------------------------------------------------------------
 
     def encode_text(self, prompts: Sequence[str]) -> TextEmbedding:
-        """Captions → :class:`~course_lib.text.TextEmbedding` on the decoder's device (``""`` = no condition)."""
-        if isinstance(prompts, str):
-            raise TypeError(f"prompts must be a list of captions, got a single str: wrap it as [{prompts!r}]")
-        if not isinstance(prompts, (list, tuple)) or not prompts:
-            got = "an empty list" if isinstance(prompts, (list, tuple)) else type(prompts).__name__
-            raise ValueError(f"prompts must be a non-empty list of captions (str), got {got}")
-        with torch.no_grad():
-            return self.text_encoder.encode(list(prompts)).to(self.device)
+        """Captions → :class:`~course_lib.text.TextEmbedding` on the decoder's device (``""`` = no condition);
+        a :class:`~course_lib.text.PromptWarning` for each prompt the text encoder cannot read as written (empty,
+        too long, mostly unknown words: :func:`course_lib.text.prompt_report`)."""
+        return encode_prompts(self.text_encoder, prompts, self.device)
 
     def tokenize(self, audio: Tensor | np.ndarray, sample_rate: int | None = None) -> Tensor:
         """Real audio → its VQ-VAE token grid ``(B, H, W)`` (long), ``W = ceil((1 + T // hop) / f)``.

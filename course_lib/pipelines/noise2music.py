@@ -52,6 +52,7 @@ from course_lib.diffusion.gaussian import GaussianDiffusion, GaussianDiffusionCo
 from course_lib.diffusion.unet1d import UNet1D, UNet1DConfig
 from course_lib.pipelines.audiogen import _eval_mode, _load_model, load_text
 from course_lib.text.base import TextEmbedding, TextEncoder
+from course_lib.text.prompts import encode_prompts
 
 __all__ = ["Noise2MusicStageConfig", "Noise2MusicStage", "Noise2MusicPipeline", "load_stage", "scale_to_peak",
            "to_low_rate", "STAGES", "SAMPLERS"]
@@ -368,14 +369,15 @@ class Noise2MusicPipeline:
     # ---- pieces -----------------------------------------------------------------------------------------------
 
     def encode_text(self, prompts: Sequence[str]) -> TextEmbedding:
-        """Captions → :class:`~course_lib.text.TextEmbedding` on the stages' device (``""`` = no condition)."""
-        if isinstance(prompts, str):
-            raise TypeError(f"prompts must be a list of captions, got a single str: wrap it as [{prompts!r}]")
-        if not isinstance(prompts, (list, tuple)) or not prompts:
-            got = "an empty list" if isinstance(prompts, (list, tuple)) else type(prompts).__name__
-            raise ValueError(f"prompts must be a non-empty list of captions (str), got {got}")
-        with torch.no_grad():
-            return self.text_encoder.encode(list(prompts)).to(self.device)
+        """Captions → :class:`~course_lib.text.TextEmbedding` on the stages' device (``""`` = no condition);
+        a :class:`~course_lib.text.PromptWarning` for each prompt the text encoder cannot read as written (empty,
+        too long, mostly unknown words: :func:`course_lib.text.prompt_report`)."""
+        return encode_prompts(self.text_encoder, prompts, self.device)
+
+    def _text(self, prompts: Sequence[str] | TextEmbedding) -> TextEmbedding:
+        """``prompts`` through :meth:`encode_text` (which warns), or an embedding it already made, as is: so that
+        :meth:`generate` encodes (and warns about) its prompts once for both stages."""
+        return prompts.to(self.device) if isinstance(prompts, TextEmbedding) else self.encode_text(prompts)
 
     def _sample(self, stage: Noise2MusicStage, net, text: TextEmbedding, length: int, steps: int | None,
                 cfg_scale: float | None, sampler: str, generator: torch.Generator) -> Tensor:
@@ -401,24 +403,24 @@ class Noise2MusicPipeline:
 
     # ---- generation -------------------------------------------------------------------------------------------
 
-    def generate_low(self, prompts: Sequence[str], seconds: float = 4.0, steps: int | None = None,
+    def generate_low(self, prompts: Sequence[str] | TextEmbedding, seconds: float = 4.0, steps: int | None = None,
                      cfg_scale: float | None = None, seed: int = 0, sampler: str = "ddim") -> Tensor:
         """The generator's low-rate audio for ``B`` captions: ``(B, 1, T_low)`` float32, ``T_low = round(seconds ·
         low_rate)`` (sampled at the U-Net's next valid length, then cropped).
 
         ``steps``: sampling steps (None = the stage's ``diffusion.num_steps``); ``cfg_scale``: guidance (None =
         the stage's ``diffusion.guidance_scale``; 1 = none); ``sampler``: ``"ddim"`` (deterministic, η = 0) or
-        ``"ddpm"`` (ancestral); ``seed`` makes it reproducible.
+        ``"ddpm"`` (ancestral); ``seed`` makes it reproducible. ``prompts`` may also be their :meth:`encode_text`.
         """
         stage = self._stage("generator")
         _check_seed(seed)
         length = self.num_low_samples(seconds)
-        text = self.encode_text(prompts)
+        text = self._text(prompts)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         audio = self._sample(stage, stage, text, length, steps, cfg_scale, sampler, generator)
         return audio[..., :length].clamp(-1.0, 1.0)
 
-    def upsample(self, low: Tensor | np.ndarray, prompts: Sequence[str], steps: int | None = None,
+    def upsample(self, low: Tensor | np.ndarray, prompts: Sequence[str] | TextEmbedding, steps: int | None = None,
                  cfg_scale: float | None = None, aug_level: float | None = None, seed: int = 0,
                  sampler: str = "ddim") -> Tensor:
         """The cascader's 16 kHz audio from low-rate audio ``low`` and ``B`` captions: ``(B, 1, T)`` float32,
@@ -430,10 +432,11 @@ class Noise2MusicPipeline:
         stage's ``aug_level``; 0 = clean) with noise drawn from ``seed``, and stacked with ``x_t``. ``steps``,
         ``cfg_scale`` (on the text only), ``sampler``, ``seed`` as :meth:`generate_low`. A ``residual`` cascader
         samples what to add to the (clean) upsampled input; its :meth:`high_band` is added, and the sum returned.
+        ``prompts`` may also be their :meth:`encode_text`.
         """
         stage = self._stage("cascader")
         _check_seed(seed)
-        text = self.encode_text(prompts)
+        text = self._text(prompts)
         low = _as_batch(low, "low").to(self.device)
         if low.shape[0] == 1 and len(text) > 1:
             low = low.expand(len(text), -1, -1)
@@ -482,9 +485,10 @@ class Noise2MusicPipeline:
         """Both stages: captions → 16 kHz audio ``(B, 1, T)``, ``T = round(seconds · low_rate) · sample_rate /
         low_rate`` (or ``(low, audio)`` with ``return_low``). ``steps``/``cfg_scale`` are the generator's,
         ``casc_steps``/``casc_cfg_scale``/``aug_level`` the cascader's (None = each stage's own); the cascader
-        draws from ``seed + 1``."""
-        low = self.generate_low(prompts, seconds, steps, cfg_scale, seed, sampler)
-        audio = self.upsample(low, prompts, casc_steps, casc_cfg_scale, aug_level, seed + 1, sampler)
+        draws from ``seed + 1``. The prompts are encoded (and checked: :meth:`encode_text`) once, for both stages."""
+        text = self.encode_text(prompts)
+        low = self.generate_low(text, seconds, steps, cfg_scale, seed, sampler)
+        audio = self.upsample(low, text, casc_steps, casc_cfg_scale, aug_level, seed + 1, sampler)
         return (low, audio) if return_low else audio
 
     __call__ = generate
@@ -499,9 +503,10 @@ class Noise2MusicPipeline:
             raise TypeError(f"time_generation got unknown arguments {unknown}")
         seed = kwargs.get("seed", 0)
         t0 = time.perf_counter()
-        low = self.generate_low(prompts, seconds, **{k: v for k, v in kwargs.items() if k in gen_keys})
+        text = self.encode_text(prompts)  # once for both stages (one warning per problem prompt)
+        low = self.generate_low(text, seconds, **{k: v for k, v in kwargs.items() if k in gen_keys})
         t1 = time.perf_counter()
-        audio = self.upsample(low, prompts, seed=seed + 1, sampler=kwargs.get("sampler", "ddim"),
+        audio = self.upsample(low, text, seed=seed + 1, sampler=kwargs.get("sampler", "ddim"),
                               **{casc[k]: v for k, v in kwargs.items() if k in casc})
         t2 = time.perf_counter()
         return audio, {"generator": t1 - t0, "cascader": t2 - t1, "total": t2 - t0}

@@ -4,21 +4,33 @@
 with an all-False mask). ``hf``: Hugging Face T5 / CLIP / BERT wrappers (``from_pretrained`` on a hub name
 or a saved folder). ``course_encoder``: the course's offline default, trained on its own captions and
 shipped in ``course_lib/pretrained/text_encoder_course``. ``captions``: paraphrases of the course captions
-and the held-out measurement of any encoder on them::
+and the held-out measurement of any encoder on them. ``prompts``: which prompts an encoder cannot read as written
+(:func:`prompt_report`: empty, cut off at ``max_length``, mostly unknown words) and the pipelines' encode step
+that warns about them (:func:`encode_prompts`, :class:`PromptWarning`)::
 
     from course_lib.text import load_text_encoder
     enc = load_text_encoder("course")                 # or "t5:/models/t5-base", "clip:...", "bert:..."
     emb = enc.encode(["a dog barks twice", ""])      # emb.embeddings (2, L, D), emb.mask (2, L)
     enc.similarity(["a dog barks twice"], ["two dog barks", "a bell rings"])   # cosine, (1, 2)
+    prompt_report(enc, ["", "a klaxon honking"])      # [PromptIssue(kind="empty", ...), ... "unknown_words" ...]
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from course_lib.text.base import TextEmbedding, TextEncoder
+from course_lib.text.base import Piece, TextEmbedding, TextEncoder
 from course_lib.text.course_encoder import CourseEncoderConfig, CourseTextEncoder, train_tokenizer
 from course_lib.text.hf import BertTextEncoder, CLIPTextEncoder, HFTextEncoder, T5TextEncoder
+from course_lib.text.prompts import (
+    PromptIssue,
+    PromptWarning,
+    encode_prompts,
+    prompt_report,
+    prompt_words,
+    unknown_words,
+    warn_prompts,
+)
 
 KINDS: dict[str, type] = {"t5": T5TextEncoder, "clip": CLIPTextEncoder, "bert": BertTextEncoder,
                           "course": CourseTextEncoder}
@@ -44,4 +56,6 @@ def load_text_encoder(spec: str = "course", local_files_only: bool = False, **kw
 
 
 __all__ = ["TextEmbedding", "TextEncoder", "HFTextEncoder", "T5TextEncoder", "CLIPTextEncoder", "BertTextEncoder",
-           "CourseTextEncoder", "CourseEncoderConfig", "train_tokenizer", "load_text_encoder", "KINDS"]
+           "CourseTextEncoder", "CourseEncoderConfig", "train_tokenizer", "load_text_encoder", "KINDS", "Piece",
+           "PromptIssue", "PromptWarning", "prompt_report", "prompt_words", "unknown_words", "warn_prompts",
+           "encode_prompts"]

@@ -10,6 +10,10 @@ The null caption: an empty (or whitespace-only) string means "no condition", the
 classifier-free guidance. Its row is all zeros with an all-False mask, for every encoder (the T5, CLIP and
 BERT wrappers included), so ``encode([""] * B)`` is exactly what the CFG code elsewhere uses for the
 unconditional pass, and cross-attention to such a row must treat it as "attend to nothing".
+
+What the tokenizer makes of a caption, before any truncation, is :meth:`TextEncoder.pieces` (one
+:class:`Piece` per token, with its character span and whether it is the unknown token);
+:func:`course_lib.text.prompts.prompt_report` reads it to say which prompts an encoder cannot read.
 """
 
 from __future__ import annotations
@@ -18,6 +22,25 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One token a tokenizer makes of a caption.
+
+    Attributes:
+        token: the piece as the tokenizer spells it (``"dog"``, ``"##s"``, ``"[UNK]"``, T5's ``"</s>"``).
+        unknown: True if it is the tokenizer's unknown token (``[UNK]``, ``<unk>``): a word it has no pieces for.
+        special: True for a token the tokenizer adds itself (BERT's ``[CLS]``/``[SEP]``, T5's ``</s>``).
+        start, end: the characters of the caption it covers, ``caption[start:end]``; ``-1`` for both when the
+            tokenizer cannot say (a slow Python tokenizer), and meaningless for special tokens.
+    """
+
+    token: str
+    unknown: bool
+    special: bool
+    start: int
+    end: int
 
 
 @dataclass
@@ -87,6 +110,8 @@ class TextEncoder(nn.Module):
 
     dim: int = 0
     name: str = "text-encoder"
+    max_length: int | None = None  # tokens read per caption (longer ones are cut); None: no limit known
+    vocabulary_hint: str = ""  # what to write instead of unknown words, for the prompt warnings
 
     def __init__(self) -> None:
         super().__init__()
@@ -121,6 +146,13 @@ class TextEncoder(nn.Module):
     def _encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode non-empty captions: ``(N, L, D)`` vectors and ``(N, L)`` bool mask (subclasses)."""
         raise NotImplementedError
+
+    def pieces(self, texts: list[str]) -> list[list[Piece]]:
+        """The tokens the encoder's tokenizer makes of each caption, **before** truncation to
+        :attr:`max_length` and with the tokenizer's special tokens: one list of :class:`Piece` per caption.
+        Subclasses with a tokenizer implement it; the default raises ``NotImplementedError`` (the prompt report
+        then checks only for empty prompts)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its tokenizer's pieces")
 
     def encode(self, texts: list[str]) -> TextEmbedding:
         """Encode ``B`` captions into ``embeddings (B, L, D)`` float32 and ``mask (B, L)`` bool.

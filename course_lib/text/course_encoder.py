@@ -46,10 +46,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.text.base import TextEncoder
+from course_lib.text.base import Piece, TextEncoder
 
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "pretrained" / "text_encoder_course"
 PAD, UNK = "[PAD]", "[UNK]"  # ids 0 and 1 in every tokenizer made by train_tokenizer
+# what the prompt warnings suggest instead of unknown words: words every course caption family uses
+VOCABULARY_HINT = ("use words from the course's captions, e.g. 'siren', 'bell', 'dog barks', 'rain', 'engine', "
+                   "'piano', 'guitar', 'loud', 'high-pitched', 'twice', 'fast'")
 
 
 @dataclass
@@ -172,6 +175,7 @@ class CourseTextEncoder(TextEncoder):
                              f"{config.vocab_size}")
         self.config, self.tokenizer = config, tokenizer
         self.dim, self.name = config.dim, "course"
+        self.max_length, self.vocabulary_hint = config.max_length, VOCABULARY_HINT
         self.embed = nn.Embedding(config.vocab_size, config.dim, padding_idx=0)
         self.register_buffer("positions", sinusoidal_positions(config.max_length, config.dim), persistent=False)
         self.blocks = nn.ModuleList(_Block(config.dim, config.n_heads, config.ff_mult, config.dropout)
@@ -193,6 +197,12 @@ class CourseTextEncoder(TextEncoder):
             out[row, : len(seq)] = torch.tensor(seq)
         mask = torch.arange(length)[None, :] < torch.tensor([len(i) for i in ids])[:, None]
         return out.to(self.device), mask.to(self.device)
+
+    def pieces(self, texts: list[str]) -> list[list[Piece]]:
+        """Every token of each caption, untruncated, with its character span; ``[UNK]`` (id 1) is the unknown
+        token. The course tokenizer adds no special tokens."""
+        return [[Piece(token, i == 1, False, start, end) for token, i, (start, end) in zip(e.tokens, e.ids, e.offsets)]
+                for e in self.tokenizer.encode_batch(texts)]
 
     def contextualize(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Token ids ``(N, L)`` and mask ``(N, L)`` to token vectors ``(N, L, D)`` (differentiable)."""

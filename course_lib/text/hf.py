@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from course_lib.text.base import TextEncoder
+from course_lib.text.base import Piece, TextEncoder
 
 DEFAULT_MAX_LENGTH = 128
 _TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "vocab.txt", "vocab.json", "sentencepiece.bpe.model")
@@ -113,6 +113,23 @@ class HFTextEncoder(TextEncoder):
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
                                return_tensors="pt")
         return {k: batch[k].to(self.device) for k in ("input_ids", "attention_mask")}
+
+    def pieces(self, texts: list[str]) -> list[list[Piece]]:
+        """Every token of each caption, untruncated and with the special tokens. A piece with the id
+        ``tokenizer.unk_token_id`` that the tokenizer did not add itself is unknown (CLIP's byte-level tokenizer
+        never makes one from text; its unknown token is also its end token, which is special). Character spans come
+        from a fast tokenizer's offsets; a slow one has none (-1)."""
+        tok, unk = self.tokenizer, self.tokenizer.unk_token_id
+        options = {"truncation": False, "return_special_tokens_mask": True, "verbose": False}  # verbose: no length nag
+        try:
+            batch = tok(texts, return_offsets_mapping=True, **options)
+            offsets = batch["offset_mapping"]
+        except NotImplementedError:  # a slow (Python) tokenizer cannot map tokens back to characters
+            batch = tok(texts, **options)
+            offsets = [[(-1, -1)] * len(ids) for ids in batch["input_ids"]]
+        return [[Piece(token, unk is not None and i == unk and not special, bool(special), int(a), int(b))
+                 for token, i, special, (a, b) in zip(tok.convert_ids_to_tokens(ids), ids, specials, spans)]
+                for ids, specials, spans in zip(batch["input_ids"], batch["special_tokens_mask"], offsets)]
 
     def _encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self.tokenize(texts)

@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-n", type=int, default=64, help="test clips per domain for the card")
     args = parser.parse_args(argv)
     for key in ("steps", "batch", "pool", "vocab", "threads", "eval_every", "eval_n"):
-        if getattr(args, key) < 1:
+        if getattr(args, key) is not None and getattr(args, key) < 1:  # --threads may be left out (None)
             parser.error(f"--{key.replace('_', '-')} must be at least 1")
     if args.batch < 2:
         parser.error("--batch must be at least 2 (one sound event and one music clip)")
