@@ -254,9 +254,9 @@ def test_export_and_training_set_take_a_version(tmp_path):
     assert main(["export", "--kind", "music", "--out", str(tmp_path / "cli"), "--train", "1", "--valid", "0",
                  "--test", "0", "--generator-version", "2"]) == 0
     assert main(["export", "--kind", "sound_events", "--out", str(tmp_path / "bad"), "--train", "1",
-                 "--generator-version", "2"]) == 1
-    with pytest.raises(ValueError, match=r"sound_events has generator version\(s\) \(1,\)"):
-        course_generator("sound_events", 2)
+                 "--generator-version", "3"]) == 1
+    with pytest.raises(ValueError, match=r"sound_events has generator version\(s\) \(1, 2\)"):
+        course_generator("sound_events", 3)
     item = GeneratedDataset("music", "valid", size=2, version=2)[1]
     assert item["attributes"]["generator"] == "music/v2"
     assert GeneratedDataset("music", "valid", size=2)[1]["attributes"]["generator"] == "music/v1"

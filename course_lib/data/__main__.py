@@ -2,6 +2,7 @@
 
     python -m course_lib.data export --kind sound_events --out data/sound_events --train 1000 --valid 100 --test 100
     python -m course_lib.data export --kind music --generator-version 2 --out data/music_v2
+    python -m course_lib.data export --kind sound_events --generator-version 2 --out data/sound_events_v2
 
 writes ``data/sound_events/{train,valid,test}/`` in the Hugging Face audiofolder layout (16-bit wav files
 plus ``metadata.jsonl``), with a progress bar per split. Read it back with
@@ -31,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--sample-rate", type=int, default=16_000, help="sample rate in Hz (default 16000)")
     export.add_argument("--overwrite", action="store_true", help="replace splits that were exported before")
     export.add_argument("--generator-version", type=int, default=None, metavar="N",
-                        help="generator version (music: 1, synthesised, the default; 2, SoundFont instruments)")
+                        help="generator version (1, the default; music 2: SoundFont instruments; "
+                             "sound_events 2: several recipes per class, a room, varied backgrounds)")
     return parser
 
 

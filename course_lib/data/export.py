@@ -41,7 +41,7 @@ from course_lib.data.clip import Clip
 from course_lib.data.loaders import SPLIT_ALIASES
 
 COURSE_KINDS = ("sound_events", "music")
-GENERATOR_VERSIONS = {"sound_events": (1,), "music": (1, 2)}  # the first of each is the default
+GENERATOR_VERSIONS = {"sound_events": (1, 2), "music": (1, 2)}  # the first of each is the default
 DEFAULT_SIZES = {"train": 1000, "valid": 100, "test": 100}
 METADATA_NAME = "metadata.jsonl"
 MANIFEST_NAME = ".course_export.json"  # hidden: audiofolder readers skip it
@@ -213,8 +213,8 @@ def course_generator(kind: str, version: int | None = None) -> Callable[..., Ite
 
     ``kind`` is ``"sound_events"`` (:mod:`course_lib.data.sound_events`) or ``"music"``
     (:mod:`course_lib.data.music`); the module is imported only when asked for. ``version`` picks the
-    generator version (:data:`GENERATOR_VERSIONS`: music 1, synthesised, or 2, SoundFont instruments);
-    None is the kind's default (1).
+    generator version (:data:`GENERATOR_VERSIONS`: music 1, synthesised, or 2, SoundFont instruments;
+    sound events 1, or 2, several recipes per class in a room); None is the kind's default (1).
     """
     if kind not in COURSE_KINDS:
         raise ValueError(f"unknown course dataset kind {kind!r}; expected one of {COURSE_KINDS}")

@@ -25,6 +25,11 @@ Attributes of every clip (JSON-serialisable):
 * ``background`` / ``background_db`` / ``snr_db``: the background class, its RMS in dBFS and the event's
   RMS over it in dB (15-25 dB; all ``None`` when there is no background);
 * ``seed``, ``split``, ``index``, ``generator`` (name and version of this generator).
+
+Two versions (``version=`` of :func:`generate_clip` / :func:`generate_clips`): 1, the default and what the
+shipped models were trained on, is described above; 2 (:mod:`course_lib.data.sound_events_v2`) makes the
+same facts sound less like test signals: several recipes per class, a small room's reverberation, backgrounds
+at more varied levels and a room tone under everything.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from course_lib.data.synth import BAND_RANGES_HZ, PITCH_BANDS, pitch_band
 
 GENERATOR = "sound_events/v1"
 STREAM = 1  # the NumPy stream of this generator (music uses another)
+VERSIONS: tuple[int, ...] = (1, 2)  # 1: this module (the default); 2: course_lib.data.sound_events_v2
 
 EVENT_CLASSES: tuple[str, ...] = ("siren", "bell", "beeps", "footsteps", "rain", "wind", "engine", "birds",
                                   "clock", "horn", "knocking", "dog")
@@ -483,8 +489,16 @@ def _draw_attributes(rng: np.random.Generator, index: int, clip_seconds: float, 
     return a
 
 
+def check_version(version: int) -> int:
+    """``version`` if it is one of :data:`VERSIONS`, else a ``ValueError`` naming them."""
+    if isinstance(version, bool) or version not in VERSIONS:
+        raise ValueError(f"sound-event generator version must be one of {VERSIONS} (1: the default; 2: recipes, "
+                         f"a room and varied backgrounds), got {version!r}")
+    return int(version)
+
+
 def generate_clip(index: int, split: str = "train", clip_seconds: float = 4.0, sample_rate: int = 16000,
-                  **overrides: Any) -> Clip:
+                  version: int = 1, **overrides: Any) -> Clip:
     """Synthesise sound-event clip ``index`` of ``split``: audio ``(time,)`` float32, caption and attributes.
 
     ``time = round(clip_seconds * sample_rate)``. The same arguments always give bit-identical audio;
@@ -494,8 +508,14 @@ def generate_clip(index: int, split: str = "train", clip_seconds: float = 4.0, s
     from the clip's seed. Unknown keys, classes, splits or impossible values (a count that does not fit,
     a pitch for an unpitched class) raise a ``ValueError`` that says what is allowed. The peak is at most 1:
     if the mix would clip, event and background are scaled down together and the attributes report the
-    levels actually in the audio.
+    levels actually in the audio. ``version=2`` makes the clip with
+    :func:`course_lib.data.sound_events_v2.generate_clip` instead (which also takes ``recipe`` and
+    ``room_rt60_s`` overrides).
     """
+    if check_version(version) == 2:
+        from course_lib.data import sound_events_v2  # imported on demand: it imports this module
+
+        return sound_events_v2.generate_clip(index, split, clip_seconds, sample_rate, **overrides)
     if "event_class" in overrides:  # ``class`` is a Python keyword: event_class="bell" reads better in code
         if "class" in overrides:
             raise ValueError("give the class once, as event_class=... or as 'class'")
@@ -536,14 +556,16 @@ def generate_clip(index: int, split: str = "train", clip_seconds: float = 4.0, s
 
 
 def generate_clips(split: str, n: int, clip_seconds: float = 4.0, sample_rate: int = 16000, start: int = 0,
-                   **overrides: Any) -> Iterator[Clip]:
-    """Yield ``n`` clips of ``split`` with indices ``start, ..., start + n - 1`` (see :func:`generate_clip`).
+                   version: int = 1, **overrides: Any) -> Iterator[Clip]:
+    """Yield ``n`` clips of ``split`` with indices ``start, ..., start + n - 1`` (see :func:`generate_clip`;
+    ``version`` picks the generator, 1 by default).
 
     Consecutive indices cycle through :data:`EVENT_CLASSES`, so ``n = k * len(EVENT_CLASSES)`` clips hold
     exactly ``k`` of each class (unless ``class`` is overridden).
     """
     synth.check_split(split)
+    check_version(version)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"n must be a non-negative int, got {n!r}")
     for i in range(start, start + n):
-        yield generate_clip(i, split, clip_seconds, sample_rate, **overrides)
+        yield generate_clip(i, split, clip_seconds, sample_rate, version, **overrides)
