@@ -235,6 +235,7 @@ def test_sampled_generation_shape_range_and_seed(delay_model):
 
 
 @pytest.mark.parametrize("pattern", ["delay", "flattening"])
+@pytest.mark.float_path
 def test_continuation_keeps_the_prompt_verbatim(pattern):
     model = _model(pattern).train()  # generate switches to eval and back
     text, mask = _text()
