@@ -298,6 +298,21 @@ def rms_db(wav: torch.Tensor, amin: float = 1e-5) -> float:
     return 20.0 * math.log10(max(float(wav.pow(2).mean().sqrt()), amin))
 
 
+def loudness_matched(clips: Mapping[str, torch.Tensor], target_db: float = -20.0,
+                     peak: float = 0.99) -> dict[str, torch.Tensor]:
+    """The same clips at one RMS level, ``target_db`` dBFS, lowered together if a peak would pass ``peak``.
+
+    To compare sounds by ear they must be equally loud (a louder clip sounds better) and never clipped: every
+    clip gets the gain that brings its RMS to ``target_db``, then all gains are scaled by one common factor
+    ``≤ 1`` so that no clip's peak passes ``peak``. Clips are any shape; silent clips are left silent."""
+    tensors = {name: as_tensor(clip, name) for name, clip in clips.items()}
+    gains = {name: 10 ** ((target_db - rms_db(x)) / 20) if float(x.abs().max()) > 0 else 0.0
+             for name, x in tensors.items()}
+    loudest = max([float(x.abs().max()) * gains[name] for name, x in tensors.items()] + [0.0])
+    common = min(1.0, peak / loudest) if loudest > 0 else 1.0
+    return {name: x * gains[name] * common for name, x in tensors.items()}
+
+
 # --------------------------------------------------------------------------------------------------------
 # Plots
 # --------------------------------------------------------------------------------------------------------

@@ -141,3 +141,15 @@ def test_listen_panel_plays_in_lab_and_in_html():
     assert player.data[:4] == b"RIFF"
     with pytest.raises(ValueError, match="at least one"):
         A.listen_panel({})
+
+
+def test_loudness_matched_gives_one_rms_and_never_clips():
+    quiet = 0.01 * torch.sin(torch.linspace(0, 200, 4000))
+    spiky = torch.zeros(4000)
+    spiky[::400] = 0.9  # a low RMS with high peaks: matching its RMS alone would clip it
+    out = A.loudness_matched({"quiet": quiet, "spiky": spiky, "silent": torch.zeros(10)}, target_db=-20.0)
+    assert abs(A.rms_db(out["quiet"]) - A.rms_db(out["spiky"])) < 1e-3  # equally loud ...
+    assert float(out["spiky"].abs().max()) == pytest.approx(0.99, rel=1e-5)  # ... lowered together to fit
+    assert A.rms_db(out["quiet"]) < -20.0 and not out["silent"].any()
+    alone = A.loudness_matched({"quiet": quiet})
+    assert A.rms_db(alone["quiet"]) == pytest.approx(-20.0, abs=1e-3)  # room to spare: exactly the target
