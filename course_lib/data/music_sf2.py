@@ -2,9 +2,9 @@
 
 Version 1 (:mod:`course_lib.data.music`) synthesises every note from a few sine partials, so a generator
 trained on it never hears a real attack, a bow or a breath. This version keeps the score and the tags of
-version 1 exactly (the same tag draw, the same scale random walk on the beat grid, the same captions, so
-``tempo_bpm``, ``key``, ``mode`` and ``instrument`` stay true by construction) and only changes how the score
-is *performed*:
+version 1 exactly (the same tag draw, the same scale random walk on the beat grid, so ``tempo_bpm``, ``key``,
+``mode`` and ``instrument`` stay true by construction) and changes how the score is *performed* (and
+captioned, see below):
 
 * each instrument family (:data:`INSTRUMENTS`: version 1's six plus strings and brass) is played by one of
   several General MIDI programs (:data:`GM_PROGRAMS`) of the SoundFont ``TimGM6mb.sf2``, drawn per clip;
@@ -19,6 +19,12 @@ plus ``program`` / ``program_name`` (the GM program that played), ``velocities``
 played*, ``[midi, onset_s, duration_s]`` with the humanised onsets. The tags and the score of clip
 ``(split, index)`` come from the same random stream as version 1, so the same index and instrument give
 the same notes in both versions.
+
+Captions come from the version 2 caption grammar (:mod:`course_lib.data.captions_v2`): instrument words
+per family and per GM program ("strings", "violin", "string section"), tempo words and numbers, key and
+mode wording, moods, drums, in many templates with facts that may be left out. ``caption_states``,
+``caption_template`` and ``caption_grammar`` record the caption; ``grammar="heldout"`` (test split only)
+writes it from the held-out part of the grammar. The caption has its own random stream.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from course_lib.data import music, soundfont, synth
+from course_lib.data import captions_v2, music, soundfont, synth
 from course_lib.data.clip import Clip
 
 GENERATOR = "music/v2"
@@ -116,8 +122,32 @@ def _peak_normalised(x: np.ndarray) -> np.ndarray:
     return x / max(float(np.max(np.abs(x))), 1e-12)
 
 
+def draw_attributes(index: int, split: str = "train", clip_seconds: float = 4.0, sample_rate: int = 16000,
+                    **overrides: Any) -> dict[str, Any]:
+    """The tags a caption of clip ``index`` states (``instrument``, ``tempo_bpm``, ``key``, ``mode``, ``mood``,
+    ``has_drums``, ``program``, ``drum_kit``), plus ``seed``, ``split`` and ``index``, drawn exactly as
+    :func:`generate_clip` draws them but without loading the SoundFont or rendering a note."""
+    n = synth.check_clip_args(clip_seconds, sample_rate)
+    seed = synth.clip_seed(split, index)
+    rng = synth.make_rng(seed, music.STREAM)
+    a = music._draw(rng, int(index), overrides, instruments=INSTRUMENTS)
+    score = music._melody(rng, a, n / sample_rate)
+    a["program"] = int(rng.choice(GM_PROGRAMS[a["instrument"]]))
+    _perform_melody(rng, score, 60.0 / a["tempo_bpm"])  # the same draws as generate_clip, in the same order
+    a["drum_kit"] = int(rng.choice(DRUM_KITS)) if a["has_drums"] else None
+    a.update(seed=seed, split=split, index=int(index))
+    return a
+
+
+def caption_of(attributes: dict[str, Any], grammar: str = "seen") -> captions_v2.Caption:
+    """The caption :func:`generate_clip` writes for a clip with these tags (``seed`` picks the caption's
+    random stream; ``grammar="heldout"`` only for ``split`` ``"test"``)."""
+    captions_v2.check_grammar(grammar, attributes["split"])
+    return captions_v2.music_caption(attributes, captions_v2.caption_rng(attributes["seed"], "music"), grammar)
+
+
 def generate_clip(index: int, split: str = "train", clip_seconds: float = 4.0, sample_rate: int = 16000,
-                  **overrides: Any) -> Clip:
+                  grammar: str = "seen", **overrides: Any) -> Clip:
     """Music clip ``index`` of ``split`` played through the SoundFont: audio ``(time,)`` float32, caption, tags.
 
     ``time = round(clip_seconds * sample_rate)``; the same arguments always give bit-identical audio.
@@ -125,8 +155,11 @@ def generate_clip(index: int, split: str = "train", clip_seconds: float = 4.0, s
     :data:`INSTRUMENTS`; clip ``index`` plays ``INSTRUMENTS[index % 8]`` unless overridden. The melody is
     normalised to peak 1, drums (when present) are mixed at 0.4-0.6 of that, and the mix is set to a peak
     between -6 and -1 dBFS, as in version 1. Raises :class:`~course_lib.data.soundfont.SoundFontNotFoundError`
-    when pretty_midi (which carries the SoundFont) is not installed.
+    when pretty_midi (which carries the SoundFont) is not installed. ``grammar``: ``"seen"`` (the default) or
+    ``"heldout"`` (test split only: the caption comes from the held-out part of the caption grammar,
+    :mod:`course_lib.data.captions_v2`; audio and tags unchanged).
     """
+    captions_v2.check_grammar(grammar, split)
     n = synth.check_clip_args(clip_seconds, sample_rate)
     seed = synth.clip_seed(split, index)
     rng = synth.make_rng(seed, music.STREAM)  # version 1's stream: the same tags and score for the same index
@@ -149,6 +182,7 @@ def generate_clip(index: int, split: str = "train", clip_seconds: float = 4.0, s
              drum_kit=kit, soundfont=sf.path.name, duration=round(n / sample_rate, 4),
              loudness_db=round(synth.to_db(synth.rms(mix)), 2), seed=seed, split=split, index=int(index),
              generator=GENERATOR)
-    text = music.caption(a, rng)
-    return Clip(audio=mix.astype(np.float32), sample_rate=sample_rate, caption=text, attributes=a,
+    written = caption_of(a, grammar)
+    a.update(written.attributes())
+    return Clip(audio=mix.astype(np.float32), sample_rate=sample_rate, caption=written.text, attributes=a,
                 id=f"music-v2-{split}-{seed}")  # not version 1's id: the two may share a folder

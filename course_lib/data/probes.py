@@ -379,11 +379,12 @@ class EventClassifier(nn.Module):
 
 
 def train_event_classifier(n_per_class: int = 40, seed: int = 0, epochs: int = 300, clip_seconds: float = 4.0,
-                           sample_rate: int = 16_000, lr: float = 3e-3) -> EventClassifier:
+                           sample_rate: int = 16_000, lr: float = 3e-3, version: int = 1) -> EventClassifier:
     """Train an :class:`EventClassifier` on ``n_per_class`` generated train-split clips of each class.
 
     The clips are train-split indices ``seed·10⁶ … seed·10⁶ + n_per_class·12 - 1`` (class-balanced, since
-    consecutive indices cycle through the classes); ``seed`` also seeds the weights. Full-batch Adam with a
+    consecutive indices cycle through the classes) of sound-event generator ``version`` (1, the default and
+    what the shipped cards' probe is trained on, or 2); ``seed`` also seeds the weights. Full-batch Adam with a
     little weight decay, ``epochs`` steps on cross-entropy: a few seconds on one CPU core.
     """
     if isinstance(n_per_class, bool) or not isinstance(n_per_class, int) or n_per_class < 1:
@@ -393,7 +394,7 @@ def train_event_classifier(n_per_class: int = 40, seed: int = 0, epochs: int = 3
     config = EventClassifierConfig(sample_rate=sample_rate)
     classes = config.classes
     clips = list(sound_events.generate_clips("train", n_per_class * len(classes), clip_seconds, sample_rate,
-                                             start=seed * 10**6))
+                                             start=seed * 10**6, version=version))
     labels = torch.tensor([classes.index(c.attributes["class"]) for c in clips])
     with torch.random.fork_rng(devices=[]):  # seed the weights without touching the caller's global RNG
         torch.manual_seed(seed)

@@ -1,10 +1,10 @@
-"""Captioned sound events v2: the same classes, attributes and captions as version 1, in a room, with
-several sources per class.
+"""Captioned sound events v2: the same classes and attributes as version 1, in a room, with several
+sources per class and captions with variety.
 
 Version 1 (:mod:`course_lib.data.sound_events`) makes every clip of a class with one recipe, dry, over
 digital silence, so it sounds like a set of test signals. Version 2 keeps version 1's facts exactly (the same
 attribute draw from the same random stream, so clip ``(split, index)`` has the same class, count, pitch,
-rate, level and background in both versions, and the same caption templates) and changes how they sound:
+rate, level and background in both versions) and changes how they sound, and how they are captioned:
 
 * **varied sources**: each class has three or four synthesis recipes (:data:`RECIPES`: a wailing, yelping
   or two-tone siren; a handbell, church bell or chime bar; footsteps on a hard floor, wood, gravel or
@@ -29,6 +29,13 @@ Attributes are version 1's (see :mod:`course_lib.data.sound_events`: ``class``, 
 the reverberant event track, plus ``recipe`` and ``background_recipe`` (names from :data:`RECIPES`),
 ``room_rt60_s``, ``room_drr_db`` and ``room_tone_db``. Clip ids are ``sound_events-v2-<split>-<seed>``,
 distinct from version 1's, so both versions can share a folder.
+
+Captions come from the version 2 caption grammar (:mod:`course_lib.data.captions_v2`): many names, verbs
+and word orders per class, facts that may be left out, typed fragments and requests. Three attributes
+record the caption: ``caption_states`` (the facts it states: a probe should check only those),
+``caption_template`` and ``caption_grammar``. ``grammar="heldout"`` (test split only) captions the same clip
+from the held-out part of the grammar, the held-out caption split. The caption has its own random stream,
+so it never changes the audio.
 """
 
 from __future__ import annotations
@@ -38,8 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from course_lib.data import captions_v2, synth
 from course_lib.data import sound_events as v1
-from course_lib.data import synth
 from course_lib.data.clip import Clip
 
 GENERATOR = "sound_events/v2"
@@ -623,8 +630,36 @@ def _draw_scene(rng: np.random.Generator, a: dict[str, Any], v2_overrides: dict[
     a["room_tone_db"] = float(lerp(ROOM_TONE_RANGE_DB, u_tone))  # relative to the peak for now
 
 
+def draw_attributes(index: int, split: str = "train", clip_seconds: float = 4.0, **overrides: Any) -> dict[str, Any]:
+    """The facts a caption of clip ``index`` states, as :func:`generate_clip` draws them, without making the
+    audio (a fraction of a millisecond instead of tens): ``class``, ``count``, ``pitch_hz``, ``pitch_band``,
+    ``rate_hz``, ``level``, ``background``, ``snr_db``, ``recipe``, ``background_recipe``, ``room_rt60_s``,
+    ``room_drr_db``, ``seed``, ``split`` and ``index``. ``level`` is the level drawn, which the audio keeps
+    (scaling a clip down to avoid clipping never takes a loud event below -4 dBFS)."""
+    overrides = dict(overrides)
+    if "event_class" in overrides:
+        overrides["class"] = overrides.pop("event_class")
+    v2_overrides = {k: overrides.pop(k) for k in V2_OVERRIDE_KEYS if k in overrides}
+    seed = synth.clip_seed(split, index)
+    rng = synth.make_rng(seed, v1.STREAM)
+    a = v1._draw_attributes(rng, int(index), float(clip_seconds), overrides)
+    _draw_scene(rng, a, v2_overrides, snr_overridden="snr_db" in overrides)
+    del a["room_tone_db"]  # only known relative to the peak until the audio is made
+    if a["background"] is None:
+        a["snr_db"] = None
+    a.update(seed=seed, split=split, index=int(index))
+    return a
+
+
+def caption_of(attributes: dict[str, Any], grammar: str = "seen") -> captions_v2.Caption:
+    """The caption :func:`generate_clip` writes for a clip with these ``attributes`` (it reads ``seed`` for the
+    caption's own random stream, and ``split`` to allow ``grammar="heldout"`` on test clips only)."""
+    captions_v2.check_grammar(grammar, attributes["split"])
+    return captions_v2.event_caption(attributes, captions_v2.caption_rng(attributes["seed"], "sound_events"), grammar)
+
+
 def generate_clip(index: int, split: str = "train", clip_seconds: float = 4.0, sample_rate: int = 16000,
-                  **overrides: Any) -> Clip:
+                  grammar: str = "seen", **overrides: Any) -> Clip:
     """Sound-event clip ``index`` of ``split``, version 2: audio ``(time,)`` float32, caption and attributes.
 
     ``time = round(clip_seconds * sample_rate)``; the same arguments always give bit-identical audio, and
@@ -633,8 +668,11 @@ def generate_clip(index: int, split: str = "train", clip_seconds: float = 4.0, s
     ``level``, ``background``, ``snr_db``) plus ``recipe`` (one of ``RECIPES[class]``) and ``room_rt60_s``
     (s, in :data:`RT60_OVERRIDE_RANGE_S`); bad ones raise a ``ValueError`` naming what is allowed. The peak is
     at most 0.99: if the mix would clip, everything is scaled down together and the attributes report the
-    levels in the audio.
+    levels in the audio. ``grammar``: ``"seen"`` (the default) or ``"heldout"`` (test split only: the caption
+    comes from the held-out part of the caption grammar, :mod:`course_lib.data.captions_v2`; the audio and
+    the other attributes are the same).
     """
+    captions_v2.check_grammar(grammar, split)
     overrides = dict(overrides)
     if "event_class" in overrides:  # as in version 1: ``class`` is a Python keyword
         if "class" in overrides:
@@ -679,15 +717,16 @@ def generate_clip(index: int, split: str = "train", clip_seconds: float = 4.0, s
     )
     if a["background"] is None:
         a["snr_db"] = None
-    text = v1.caption(a, rng)
-    return Clip(audio=mix.astype(np.float32), sample_rate=sample_rate, caption=text, attributes=a,
+    written = caption_of(a, grammar)
+    a.update(written.attributes())
+    return Clip(audio=mix.astype(np.float32), sample_rate=sample_rate, caption=written.text, attributes=a,
                 id=f"sound_events-v2-{split}-{seed}")  # not version 1's id: the two may share a folder
 
 
 def generate_clips(split: str, n: int, clip_seconds: float = 4.0, sample_rate: int = 16000, start: int = 0,
                    **overrides: Any) -> Iterator[Clip]:
     """Yield ``n`` version 2 clips of ``split`` with indices ``start, ..., start + n - 1`` (see
-    :func:`generate_clip`); consecutive indices cycle through :data:`EVENT_CLASSES`."""
+    :func:`generate_clip`, which also takes ``grammar``); consecutive indices cycle through :data:`EVENT_CLASSES`."""
     synth.check_split(split)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"n must be a non-negative int, got {n!r}")
