@@ -1,8 +1,12 @@
 """The course's captioned datasets, made offline, and the bridge to real corpora.
 
-* ``sound_events``: AudioCaps-like captioned sound events synthesised from parameters;
+* ``sound_events``: AudioCaps-like captioned sound events synthesised from parameters (version 1, the default
+  and what the shipped models were trained on; version 2, ``sound_events_v2``: several recipes per class,
+  a room, varied backgrounds);
 * ``music``: MusicCaps-like captioned melodies and drums (version 1 synthesised, the default; version 2,
   ``music_sf2``, played on General MIDI instruments by the NumPy SoundFont player ``soundfont``);
+* ``captions_v2``: the version 2 caption grammar (synonyms, templates, optional facts) and its held-out part,
+  ``generate_clip(..., version=2, grammar="heldout")`` for test clips, to measure generalisation;
 * ``probes``: functions that read attributes (class, count, pitch, loudness, tempo) back from audio;
 * ``export`` / ``loaders``: write the generated clips as a Hugging Face *audiofolder*, and read it or any
   real captioned corpus back through ``datasets`` without torchcodec;
