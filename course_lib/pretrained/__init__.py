@@ -31,6 +31,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "melgan_course": ("course_lib.vocoders.melgan:MelGAN", "course_lib.pretrained.measures:measure_melgan"),
     "text_encoder_course": ("course_lib.text.course_encoder:CourseTextEncoder",
                             "course_lib.text.captions:measure_text_encoder"),
+    "text_encoder_v2": ("course_lib.text.course_encoder:CourseTextEncoder", "course_lib.text.captions:measure_text_encoder"),
     "audiogen_course": ("course_lib.lm.model:AudioLM", "course_lib.pretrained.measures:measure_audiogen"),
     "diffsound_course": ("course_lib.diffusion.diffsound:DiffsoundModel",
                          "course_lib.pretrained.measures:measure_diffsound"),

@@ -3,7 +3,8 @@
 ``base``: the interface (:class:`TextEncoder`, :class:`TextEmbedding`; ``""`` is the null caption: a zero row
 with an all-False mask). ``hf``: Hugging Face T5 / CLIP / BERT wrappers (``from_pretrained`` on a hub name
 or a saved folder). ``course_encoder``: the course's offline default, trained on its own captions and
-shipped in ``course_lib/pretrained/text_encoder_course``. ``captions``: paraphrases of the course captions
+shipped in ``course_lib/pretrained/text_encoder_course`` (and ``text_encoder_v2``: version 2 captions, a tokenizer
+with a character fallback, ``pretrained.load("text_encoder_v2")``). ``captions``: paraphrases of the course captions
 and the held-out measurement of any encoder on them. ``prompts``: which prompts an encoder cannot read as written
 (:func:`prompt_report`: empty, cut off at ``max_length``, mostly unknown words) and the pipelines' encode step
 that warns about them (:func:`encode_prompts`, :class:`PromptWarning`)::
@@ -20,7 +21,12 @@ from __future__ import annotations
 from typing import Any
 
 from course_lib.text.base import Piece, TextEmbedding, TextEncoder
-from course_lib.text.course_encoder import CourseEncoderConfig, CourseTextEncoder, train_tokenizer
+from course_lib.text.course_encoder import (
+    CourseEncoderConfig,
+    CourseTextEncoder,
+    fallback_pieces,
+    train_tokenizer,
+)
 from course_lib.text.hf import BertTextEncoder, CLIPTextEncoder, HFTextEncoder, T5TextEncoder
 from course_lib.text.prompts import (
     PromptIssue,
@@ -56,6 +62,7 @@ def load_text_encoder(spec: str = "course", local_files_only: bool = False, **kw
 
 
 __all__ = ["TextEmbedding", "TextEncoder", "HFTextEncoder", "T5TextEncoder", "CLIPTextEncoder", "BertTextEncoder",
-           "CourseTextEncoder", "CourseEncoderConfig", "train_tokenizer", "load_text_encoder", "KINDS", "Piece",
+           "CourseTextEncoder", "CourseEncoderConfig", "train_tokenizer", "fallback_pieces", "load_text_encoder", "KINDS",
+           "Piece",
            "PromptIssue", "PromptWarning", "prompt_report", "prompt_words", "unknown_words", "warn_prompts",
            "encode_prompts"]

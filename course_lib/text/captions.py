@@ -14,6 +14,12 @@ and measures an encoder on them:
   encoder's training captions) against a gallery that does not.
 
 Similarities are between pooled (mean-token) vectors, :meth:`~course_lib.text.base.TextEmbedding.pooled`.
+
+``data_version=2`` measures the same on the version 2 captions (:mod:`course_lib.data.captions_v2`: sound events v2
+and SoundFont music, a richer grammar whose captions may leave facts out), with ``heldout_*`` rows for queries
+written by the held-out part of that grammar (:data:`course_lib.data.captions_v2.HELD_OUT_WORDS`: new words and
+sentence shapes no seen caption has) instead of ``unseen_*``. Its content (:func:`content_key_v2`) is every fact a
+version 2 caption may state, so a query's "same content" is in practice its own clip.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from course_lib.data import music, sound_events, synth
+from course_lib.data import captions_v2, music, music_sf2, sound_events, sound_events_v2, synth
 
 DOMAINS: tuple[str, ...] = ("sound_events", "music")
 
@@ -166,15 +172,22 @@ def _scores(q: torch.Tensor, g: torch.Tensor, rows: list[int], keys: list, class
     }
 
 
-def measure_text_encoder(encoder: Any, n_per_domain: int = 64, split: str = "test", seed: int = 0
-                         ) -> dict[str, float]:
+def measure_text_encoder(encoder: Any, n_per_domain: int = 64, split: str = "test", seed: int = 0,
+                         data_version: int = 1) -> dict[str, float]:
     """Held-out paraphrase metrics of any :class:`~course_lib.text.base.TextEncoder` (see the module doc).
 
     Uses ``n_per_domain`` sound-event and as many music clips of ``split`` (the test split by default: never
     seen in training): ``paraphrase_cos``, ``different_cos``, ``retrieval_acc``, ``class_retrieval_acc`` for
     seen-words queries, the ``unseen_`` versions for queries with a held-out synonym, and ``unseen_queries``
     (how many clips could be captioned with one). Values rounded to 4 decimals.
+
+    ``data_version=2``: the version 2 captions instead, see :func:`measure_text_encoder_v2` (``split`` must
+    be ``"test"`` there unless ``heldout`` is switched off, as the held-out grammar captions test clips only).
     """
+    if data_version == 2:
+        return measure_text_encoder_v2(encoder, n_per_domain, split, seed)
+    if data_version != 1:
+        raise ValueError(f"data_version must be 1 or 2, got {data_version!r}")
     data = paraphrase_set(split, n_per_domain, seed)
     keys = [content_key(a) for a in data["attributes"]]
     classes = [class_of(a) for a in data["attributes"]]
@@ -187,3 +200,83 @@ def measure_text_encoder(encoder: Any, n_per_domain: int = 64, split: str = "tes
     metrics.update({f"unseen_{k}": v for k, v in _scores(unseen, gallery, rows, keys, classes).items()})
     metrics["unseen_queries"] = len(rows)
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+
+
+# ---- version 2 captions -------------------------------------------------------------------------------
+# Version 2 clips get their caption from their own random stream (caption_of); a paraphrase is the same
+# writer with another stream, so any number of captions of one clip can be written without rendering audio.
+
+_V2_MODULES = {"sound_events": sound_events_v2, "music": music_sf2}
+
+
+def draw_attributes_v2(domain: str, split: str, index: int) -> dict[str, Any]:
+    """The attributes version 2 clip ``index`` of ``split`` gets from ``domain``'s generator (sound events v2 or
+    SoundFont music), drawn without rendering audio; include ``seed``, ``split`` and ``index``."""
+    if domain not in _V2_MODULES:
+        raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
+    return _V2_MODULES[domain].draw_attributes(int(index), split)
+
+
+def content_key_v2(attributes: dict[str, Any]) -> tuple:
+    """Every fact a version 2 caption of ``attributes`` may state, as a hashable tuple. Sound events: class,
+    recipe, count, pitch band, level, pace band, background, room band; music: instrument, GM program, mood,
+    tempo (bpm), key, mode, drums, drum kit."""
+    a = attributes
+    if _domain(a) == "sound_events":
+        return ("sound_events", a["class"], a.get("recipe"), a.get("count"), a.get("pitch_band"), a.get("level"),
+                captions_v2.pace_of(a.get("rate_hz")), a.get("background"), captions_v2.room_band(a.get("room_rt60_s")))
+    return ("music", a["instrument"], a.get("program"), a["mood"], a["tempo_bpm"], a["key"], a["mode"],
+            a["has_drums"], a.get("drum_kit"))
+
+
+def paraphrase_v2(attributes: dict[str, Any], seed: int | list[int], grammar: str = "seen",
+                  avoid: tuple[str, ...] = (), tries: int = 20) -> str:
+    """A version 2 caption of ``attributes`` from the random stream ``seed`` and ``grammar`` (``"seen"``, or
+    ``"heldout"`` for test clips only), different from the captions in ``avoid`` where one of ``tries`` draws
+    is (a clip with few facts may have few phrasings)."""
+    captions_v2.check_grammar(grammar, attributes.get("split", "test"))
+    base = [seed] if isinstance(seed, (int, np.integer)) else list(seed)
+    text = ""
+    for k in range(tries):
+        text = captions_v2.caption(attributes, np.random.default_rng([*base, k]), grammar).text
+        if text not in avoid:
+            break
+    return text
+
+
+def paraphrase_set_v2(split: str, n_per_domain: int, seed: int = 0, heldout: bool = True) -> dict[str, list]:
+    """Version 2 captions of clips ``0 .. n_per_domain - 1`` of each domain of ``split``, aligned by clip:
+    ``attributes``, ``gallery`` (the clip's own caption, ``caption_of``), ``query`` (another seen-grammar
+    caption, different text where possible) and, with ``heldout``, ``heldout`` (a held-out-grammar caption;
+    test split only)."""
+    out: dict[str, list] = {"attributes": [], "gallery": [], "query": [], "heldout": []}
+    for domain in DOMAINS:
+        for i in range(n_per_domain):
+            a = draw_attributes_v2(domain, split, i)
+            gallery = _V2_MODULES[domain].caption_of(a).text
+            out["attributes"].append(a)
+            out["gallery"].append(gallery)
+            out["query"].append(paraphrase_v2(a, [seed, i, 1], avoid=(gallery,)))
+            if heldout:
+                out["heldout"].append(paraphrase_v2(a, [seed, i, 2], grammar="heldout"))
+    return out
+
+
+def measure_text_encoder_v2(encoder: Any, n_per_domain: int = 64, split: str = "test", seed: int = 0
+                            ) -> dict[str, float]:
+    """Paraphrase metrics of any text encoder on version 2 captions of ``n_per_domain`` sound-event and as many
+    music clips of ``split``: ``paraphrase_cos``, ``different_cos``, ``retrieval_acc`` (the nearest gallery
+    caption has the query's :func:`content_key_v2`) and ``class_retrieval_acc`` (its class / instrument) for
+    seen-grammar queries against one seen-grammar gallery caption per clip, and on the test split the
+    ``heldout_`` versions for held-out-grammar queries against the same gallery. Rounded to 4 decimals."""
+    heldout = split == "test"
+    data = paraphrase_set_v2(split, n_per_domain, seed, heldout=heldout)
+    keys = [content_key_v2(a) for a in data["attributes"]]
+    classes = [class_of(a) for a in data["attributes"]]
+    gallery = _pooled(encoder, data["gallery"])
+    rows = list(range(len(keys)))
+    metrics = _scores(_pooled(encoder, data["query"]), gallery, rows, keys, classes)
+    if heldout:
+        held = _scores(_pooled(encoder, data["heldout"]), gallery, rows, keys, classes)
+        metrics.update({f"heldout_{k}": v for k, v in held.items()})
+    return {k: round(v, 4) for k, v in metrics.items()}

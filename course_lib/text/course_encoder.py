@@ -19,6 +19,11 @@ The trade-off against T5 (AudioGen used the frozen T5-base encoder, 110 M parame
 Noise2Music T5-XXL, 4.6 B; Diffsound CLIP's text encoder, 63 M):
 
 * **Size and speed.** About 260 times smaller than T5-base: nothing to download, instant on a laptop.
+``text_encoder_v2`` (``pretrained.load("text_encoder_v2")``, issue #19) is the same architecture trained on the
+version 2 captions with ``train_tokenizer(..., char_fallback=True)``: every letter, digit, ``##``-continuation
+and ASCII punctuation mark stays in its ~400-piece vocabulary, so an unseen English word is spelt from pieces
+("klaxon" -> ``k ##la ##x ##on``) rather than becoming ``[UNK]``; only other scripts (Cyrillic, Japanese) are.
+
 * **Vocabulary.** About 200 pieces (the words of the course captions, digits, punctuation), against T5's
   32 000 SentencePiece pieces learnt from web text. A word the course never used ("shrill", "a cat meows",
   "ambulance") becomes ``[UNK]``; training drops random tokens to ``[UNK]``, so the encoder has learnt to
@@ -94,7 +99,22 @@ class CourseEncoderConfig:
         return cls(**d)
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, prune: bool = True) -> Any:
+# The character fallback: every lower-case letter and digit, as a word start and as a "##" continuation, and
+# ASCII punctuation, so that WordPiece can always spell a word it has no longer piece for (BertNormalizer
+# lower-cases and strips accents first: "Café" is "cafe"). Letters of other scripts (Cyrillic, Japanese, ...)
+# are not covered and still become [UNK].
+FALLBACK_CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789"
+FALLBACK_PUNCTUATION = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"
+
+
+def fallback_pieces() -> list[str]:
+    """The pieces a ``char_fallback`` tokenizer always has: ``a``..``z``, ``0``..``9``, their ``##`` continuations
+    (``##a``...) and every ASCII punctuation mark (72 + 32 pieces)."""
+    return ([*FALLBACK_CHARACTERS] + [f"##{c}" for c in FALLBACK_CHARACTERS] + [*FALLBACK_PUNCTUATION])
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, prune: bool = True,
+                    char_fallback: bool = False) -> Any:
     """Learn a WordPiece tokenizer (``tokenizers.Tokenizer``) from ``texts``: lower-cased, split on spaces and
     punctuation, digits one by one; ``[PAD]`` is id 0 and ``[UNK]`` id 1.
 
@@ -103,6 +123,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, prune: bool = T
     learnt a meaning for becomes one ``[UNK]``, which training teaches the encoder to read as "a word I do not
     know" (see ``--token-drop`` in :mod:`course_lib.text.train_course_encoder`). The vocabulary may end
     smaller than ``vocab_size``.
+
+    ``char_fallback=True`` adds :func:`fallback_pieces` (after pruning, and whether or not ``texts`` use
+    them), so no word of ASCII letters, digits and punctuation is ever ``[UNK]``: an unseen word is spelt
+    from the longest pieces that match ("klaxon" -> ``k ##la ##x ##on``). Other scripts still are ``[UNK]``.
+    The default (``False``) trains exactly the tokenizer the shipped ``text_encoder_course`` was made with.
     """
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
@@ -120,11 +145,15 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, prune: bool = T
     tok = blank(models.WordPiece(unk_token=UNK))
     tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=[PAD, UNK],
                                                                    show_progress=False))
-    if not prune:
+    if not prune and not char_fallback:
         return tok
-    used = {i for enc in tok.encode_batch(texts) for i in enc.ids}
     vocab = tok.get_vocab()
-    kept = [PAD, UNK] + sorted((p for p, i in vocab.items() if i in used and p not in (PAD, UNK)), key=vocab.get)
+    if prune:
+        used = {i for enc in tok.encode_batch(texts) for i in enc.ids}
+        vocab = {p: i for p, i in vocab.items() if i in used}
+    kept = [PAD, UNK] + sorted((p for p in vocab if p not in (PAD, UNK)), key=vocab.get)
+    if char_fallback:  # appended after the learnt pieces: the ids of those do not depend on the option
+        kept += [p for p in fallback_pieces() if p not in vocab]
     return blank(models.WordPiece({p: i for i, p in enumerate(kept)}, unk_token=UNK))
 
 
