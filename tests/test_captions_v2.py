@@ -264,3 +264,11 @@ def test_overridden_facts_reach_the_caption_and_v1_attributes_can_be_captioned()
         _check_music(a, cv.music_caption(a, seed))
     old = se.generate_clip(0, "train")  # version 1 attributes (no recipe, room, program): still a true caption
     assert cv.event_caption(old.attributes, 1).states[0] == "class"
+
+
+def test_grammar_on_version_1_says_it_needs_version_2():
+    from course_lib.data import music, sound_events
+
+    for module in (sound_events, music):
+        with pytest.raises(ValueError, match="version=2"):
+            module.generate_clip(0, "test", 1.0, grammar="heldout")

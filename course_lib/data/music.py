@@ -259,6 +259,9 @@ def generate_clip(index: int, split: str = "train", clip_seconds: float = 4.0, s
         from course_lib.data import music_sf2  # imported on demand: it imports this module
 
         return music_sf2.generate_clip(index, split, clip_seconds, sample_rate, **overrides)
+    if "grammar" in overrides:  # the held-out caption grammar belongs to the version 2 captions
+        raise ValueError("grammar= picks a version 2 caption grammar (course_lib.data.captions_v2); "
+                         "pass version=2 as well")
     n = synth.check_clip_args(clip_seconds, sample_rate)
     seed = synth.clip_seed(split, index)
     rng = synth.make_rng(seed, STREAM)

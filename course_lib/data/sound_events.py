@@ -516,6 +516,9 @@ def generate_clip(index: int, split: str = "train", clip_seconds: float = 4.0, s
         from course_lib.data import sound_events_v2  # imported on demand: it imports this module
 
         return sound_events_v2.generate_clip(index, split, clip_seconds, sample_rate, **overrides)
+    if "grammar" in overrides:  # the held-out caption grammar belongs to the version 2 captions
+        raise ValueError("grammar= picks a version 2 caption grammar (course_lib.data.captions_v2); "
+                         "pass version=2 as well")
     if "event_class" in overrides:  # ``class`` is a Python keyword: event_class="bell" reads better in code
         if "class" in overrides:
             raise ValueError("give the class once, as event_class=... or as 'class'")
