@@ -26,13 +26,7 @@ FAST = ["train.progress=false", "train.tensorboard=false"]
 SR = 16_000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: the test machine's 2 cores are shared, and these models are too small to split."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

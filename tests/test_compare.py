@@ -27,12 +27,7 @@ EVENT_SYSTEMS = ("audiogen", "diffsound", "diffsound_ar")
 TIMING = set(compare.TIMING_COLUMNS)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def tiny_stage(family: str, seed: int, **replace) -> Noise2MusicStage:

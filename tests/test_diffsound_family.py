@@ -24,13 +24,7 @@ from course_lib.train.families.diffsound import diffsound_loss, grid_to_sequence
 FAST = ["train.progress=false", "train.tensorboard=false"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: the test machine's 2 cores are shared, and these models are too small to split."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def tiny_vqvae() -> MelVQVAE:

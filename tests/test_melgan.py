@@ -25,13 +25,7 @@ TINY = MelGANConfig(sample_rate=16_000, n_fft=256, hop_length=64, n_mels=32, ngf
                     dilations=(1, 3), num_scales=2, disc_channels=4, disc_layers=2, disc_max_channels=32)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small convs run faster on one thread than on two busy cores; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def tone(seconds: float = 0.5, sr: int = 16_000, freq: float = 440.0) -> torch.Tensor:

@@ -14,12 +14,7 @@ from course_lib.data import music_probes as mp
 SR, LOW = 16_000, 3_200
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def tones(midis: list[int], sr: int = SR, note_seconds: float = 0.3) -> np.ndarray:

@@ -18,12 +18,7 @@ from course_lib.train.data import TRAIN_SPLIT, build_dataset, default_collate
 FAST = ["train.progress=false", "train.tensorboard=false"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def tiny(family, *overrides):

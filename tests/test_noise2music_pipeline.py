@@ -17,13 +17,7 @@ from course_lib.pipelines.noise2music import scale_to_peak, to_low_rate
 from course_lib.pretrained import measures
 from course_lib.train import get_family
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def random_stage(family: str, seed: int) -> Noise2MusicStage:

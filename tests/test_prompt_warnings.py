@@ -42,13 +42,7 @@ PROBLEMS = {  # prompt -> the kind of issue the report must find
 GOOD = "a loud bell rings twice over rain"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: the test machine's 2 cores are shared, and these models are too small to split."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,13 @@ stays the default everywhere (generate_clip, export, the data set for training).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import sys
 
 import numpy as np
 import pytest
+from fingerprints import clip_fingerprint
 
 from course_lib.data import music, music_sf2
 from course_lib.data import soundfont as sf2
@@ -41,17 +41,11 @@ V1_FINGERPRINTS = [
 ]
 
 
-def _fingerprint(clip) -> tuple[str, str]:
-    audio = hashlib.sha256(clip.audio.tobytes()).hexdigest()[:16]
-    meta = hashlib.sha256((clip.caption + json.dumps(clip.attributes, sort_keys=True)).encode()).hexdigest()[:16]
-    return audio, meta
-
-
 @pytest.mark.parametrize("args, audio_hash, meta_hash", V1_FINGERPRINTS)
 def test_version_1_is_unchanged_and_the_default(args, audio_hash, meta_hash):
     index, split, seconds, rate, overrides = args
     default = music.generate_clip(index, split, seconds, rate, **overrides)
-    assert _fingerprint(default) == (audio_hash, meta_hash)
+    assert clip_fingerprint(default) == (audio_hash, meta_hash)
     explicit = music.generate_clip(index, split, seconds, rate, version=1, **overrides)
     assert np.array_equal(explicit.audio, default.audio) and explicit.attributes == default.attributes
     assert default.attributes["generator"] == "music/v1"
