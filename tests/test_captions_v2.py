@@ -272,3 +272,30 @@ def test_grammar_on_version_1_says_it_needs_version_2():
     for module in (sound_events, music):
         with pytest.raises(ValueError, match="version=2"):
             module.generate_clip(0, "test", 1.0, grammar="heldout")
+
+
+def test_heldout_caption_split_exports_and_streams_the_test_audio_with_new_wordings(tmp_path):
+    from course_lib.data.__main__ import main
+    from course_lib.data.export import HELDOUT_SPLIT, export_course_dataset
+    from course_lib.data.loaders import load_captioned
+    from course_lib.data.torch_dataset import GeneratedDataset
+
+    with pytest.warns(UserWarning, match="not a folder name Hugging Face datasets recognises"):
+        out = export_course_dataset("music", tmp_path / "m", {"test": 2, HELDOUT_SPLIT: 2}, clip_seconds=1.0,
+                                    version=2)
+    test, heldout = load_captioned(out, split="test"), load_captioned(out, split=HELDOUT_SPLIT)
+    assert [r.attributes["caption_grammar"] for r in test] == ["seen", "seen"]
+    assert [r.attributes["caption_grammar"] for r in heldout] == ["heldout", "heldout"]
+    for a, b in zip(test, heldout):  # the same clips (audio and labels), captioned differently
+        np.testing.assert_array_equal(a.audio, b.audio)
+        assert a.attributes["instrument"] == b.attributes["instrument"] and a.caption != b.caption
+    item = GeneratedDataset("sound_events", HELDOUT_SPLIT, size=1, clip_seconds=1.0, version=2)[0]
+    assert item["attributes"]["caption_grammar"] == "heldout"
+    with pytest.raises(ValueError, match="needs generator version 2"):
+        export_course_dataset("music", tmp_path / "v1", {HELDOUT_SPLIT: 1}, clip_seconds=1.0)
+    with pytest.raises(ValueError, match="needs generator version 2"):
+        GeneratedDataset("music", HELDOUT_SPLIT, size=1)
+    with pytest.warns(UserWarning, match="not a folder name"):
+        assert main(["export", "--kind", "sound_events", "--out", str(tmp_path / "cli"), "--train", "0", "--valid",
+                     "0", "--test", "0", "--test-heldout", "1", "--generator-version", "2", "--clip-seconds", "1"]) == 0
+    assert load_captioned(tmp_path / "cli", split=HELDOUT_SPLIT)[0].attributes["caption_grammar"] == "heldout"

@@ -2,9 +2,11 @@
 
     python -m course_lib.data export --kind sound_events --out data/sound_events --train 1000 --valid 100 --test 100
     python -m course_lib.data export --kind music --generator-version 2 --out data/music_v2
-    python -m course_lib.data export --kind sound_events --generator-version 2 --out data/sound_events_v2
+    python -m course_lib.data export --kind sound_events --generator-version 2 --out data/sound_events_v2 \
+        --test-heldout 100
 
-writes ``data/sound_events/{train,valid,test}/`` in the Hugging Face audiofolder layout (16-bit wav files
+writes ``data/sound_events/{train,valid,test}/`` (and ``test_heldout/``: the test clips captioned by the
+held-out part of the version 2 caption grammar) in the Hugging Face audiofolder layout (16-bit wav files
 plus ``metadata.jsonl``), with a progress bar per split. Read it back with
 ``course_lib.data.loaders.load_captioned("data/sound_events", split="valid")``.
 """
@@ -15,7 +17,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from course_lib.data.export import COURSE_KINDS, DEFAULT_SIZES, check_out_dir, export_course_dataset
+from course_lib.data.export import (
+    COURSE_KINDS,
+    DEFAULT_SIZES,
+    HELDOUT_SPLIT,
+    check_out_dir,
+    export_course_dataset,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     for split, n in DEFAULT_SIZES.items():
         export.add_argument(f"--{split}", type=int, default=n, metavar="N",
                             help=f"number of {split} clips (default {n}; 0 skips the split)")
+    export.add_argument("--test-heldout", dest=HELDOUT_SPLIT, type=int, default=0, metavar="N",
+                        help="number of test clips captioned by the held-out caption grammar (default 0; "
+                             "needs --generator-version 2)")
     export.add_argument("--clip-seconds", type=float, default=4.0, help="clip length in seconds (default 4)")
     export.add_argument("--sample-rate", type=int, default=16_000, help="sample rate in Hz (default 16000)")
     export.add_argument("--overwrite", action="store_true", help="replace splits that were exported before")
@@ -47,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     sizes = {split: getattr(args, split) for split in DEFAULT_SIZES}
+    sizes[HELDOUT_SPLIT] = getattr(args, HELDOUT_SPLIT)
     if any(n < 0 for n in sizes.values()):
         parser.error(f"split sizes must be >= 0, got {sizes}")
     sizes = {split: n for split, n in sizes.items() if n > 0}

@@ -43,6 +43,12 @@ from course_lib.data.loaders import SPLIT_ALIASES
 COURSE_KINDS = ("sound_events", "music")
 GENERATOR_VERSIONS = {"sound_events": (1, 2), "music": (1, 2)}  # the first of each is the default
 DEFAULT_SIZES = {"train": 1000, "valid": 100, "test": 100}
+#: The split of test clips captioned by the held-out part of the version 2 caption grammar
+#: (:mod:`course_lib.data.captions_v2`): the same audio as ``test`` (same indices), captions in templates and
+#: words no training caption uses, to measure how a model generalises to new wordings. Hugging Face datasets
+#: does not know the folder name as a split (export warns): load it with ``load_captioned(out, "test_heldout")``
+#: or ``load_dataset("audiofolder", data_files={"test_heldout": "<out>/test_heldout/**"})``.
+HELDOUT_SPLIT = "test_heldout"
 METADATA_NAME = "metadata.jsonl"
 MANIFEST_NAME = ".course_export.json"  # hidden: audiofolder readers skip it
 CARD_NAME = "course_dataset.json"
@@ -226,12 +232,33 @@ def course_generator(kind: str, version: int | None = None) -> Callable[..., Ite
     return functools.partial(module.generate_clips, version=version)
 
 
+def check_split_version(split: str, version: int | None) -> None:
+    """Refuse :data:`HELDOUT_SPLIT` unless ``version`` is 2 (only version 2 captions have a held-out grammar)."""
+    if split == HELDOUT_SPLIT and version != 2:
+        raise ValueError(f"split {HELDOUT_SPLIT!r} (test clips with held-out-grammar captions) needs generator "
+                         f"version 2, the one with a caption grammar; got version {version!r}")
+
+
+def generate_split(kind: str, split: str, n: int, clip_seconds: float = 4.0, sample_rate: int = 16_000,
+                   start: int = 0, version: int | None = None) -> Iterator[Clip]:
+    """Clips ``start … start + n - 1`` of a course dataset's ``split``: one of the generator's splits, or
+    :data:`HELDOUT_SPLIT`, the ``test`` clips captioned by the held-out grammar (``version=2`` only)."""
+    check_split_version(split, version)
+    generate = course_generator(kind, version)
+    if split == HELDOUT_SPLIT:
+        return generate("test", n, clip_seconds=clip_seconds, sample_rate=sample_rate, start=start,
+                        grammar="heldout")
+    return generate(split, n, clip_seconds=clip_seconds, sample_rate=sample_rate, start=start)
+
+
 def export_course_dataset(kind: str, out_dir: str | os.PathLike, sizes: Mapping[str, int] | None = None,
                           clip_seconds: float = 4.0, sample_rate: int = 16_000, *, overwrite: bool = False,
                           progress: bool = False, version: int | None = None) -> Path:
     """Generate a course dataset and export every split: ``out_dir/<split>/`` as in :func:`export_clips`.
 
     ``sizes`` maps split name to number of clips (default ``{"train": 1000, "valid": 100, "test": 100}``);
+    with ``version=2`` it may also name :data:`HELDOUT_SPLIT` (``"test_heldout"``: the test clips again, captioned
+    by the held-out grammar);
     clips are ``clip_seconds`` long at ``sample_rate`` Hz and addressed by (split, index), so the same
     arguments always give the same files. Also writes ``out_dir/course_dataset.json`` recording kind, sizes,
     clip length, rate and the course_lib version. ``progress`` shows one tqdm bar per split. ``version``
@@ -247,9 +274,10 @@ def export_course_dataset(kind: str, out_dir: str | os.PathLike, sizes: Mapping[
             raise ValueError(f"size of split {split!r} must be a positive int, got {n!r}")
     if not clip_seconds > 0:
         raise ValueError(f"clip_seconds must be positive, got {clip_seconds!r}")
-    generate = course_generator(kind, version)
+    for split in sizes:
+        check_split_version(split, version)
     for split, n in sizes.items():
-        clips = generate(split, int(n), clip_seconds=clip_seconds, sample_rate=sample_rate, start=0)
+        clips = generate_split(kind, split, int(n), clip_seconds, sample_rate, start=0, version=version)
         export_clips(clips, out, split, overwrite=overwrite, progress=progress, total=int(n))
     card = {"kind": kind, "sizes": {k: int(v) for k, v in sizes.items()}, "clip_seconds": clip_seconds,
             "sample_rate": sample_rate, "course_lib_version": __version__}

@@ -140,13 +140,14 @@ class GeneratedDataset(_CroppingDataset):
     clip every time and the same one :func:`course_lib.data.export.export_course_dataset` writes. Items
     are as for :class:`CaptionedAudioDataset`; by default whole clips, ``(1, round(clip_seconds *
     sample_rate))`` if the generator returns that length, or crops when ``segment_samples`` is given.
-    ``version`` picks the generator version (:func:`course_lib.data.export.course_generator`; None: default).
+    ``version`` picks the generator version (:func:`course_lib.data.export.course_generator`; None: default);
+    with ``version=2``, ``split="test_heldout"`` gives the test clips captioned by the held-out grammar.
     """
 
     def __init__(self, kind: str, split: str = "train", size: int = 1000, clip_seconds: float = 4.0,
                  sample_rate: int = SAMPLE_RATE, *, segment_samples: int | None = None, random_crop: bool = False,
                  seed: int = 0, epoch: int = 0, version: int | None = None) -> None:
-        from course_lib.data.export import course_generator
+        from course_lib.data.export import check_split_version, course_generator
 
         super().__init__(segment_samples, sample_rate, random_crop, seed, epoch)
         if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
@@ -154,6 +155,7 @@ class GeneratedDataset(_CroppingDataset):
         if not clip_seconds > 0:
             raise ValueError(f"clip_seconds must be positive, got {clip_seconds!r}")
         course_generator(kind, version)  # fail now, not in a worker, if the kind or version is unknown
+        check_split_version(split, version)
         self.kind, self.split, self.size, self.clip_seconds = kind, split, int(size), float(clip_seconds)
         self.version = version
 
@@ -161,10 +163,10 @@ class GeneratedDataset(_CroppingDataset):
         return self.size
 
     def _clip(self, index: int) -> Clip:
-        from course_lib.data.export import course_generator
+        from course_lib.data.export import generate_split
 
-        generate = course_generator(self.kind, self.version)
-        clips = generate(self.split, 1, clip_seconds=self.clip_seconds, sample_rate=self.sample_rate, start=index)
+        clips = generate_split(self.kind, self.split, 1, self.clip_seconds, self.sample_rate, start=index,
+                               version=self.version)
         clip = next(iter(clips), None)
         if clip is None:
             raise RuntimeError(f"course_lib.data.{self.kind}.generate_clips gave no clip for index {index}")
