@@ -18,11 +18,19 @@ step ``s``. :meth:`AudioLM.loss` builds that shift, so callers pass plain codes 
 in :mod:`course_lib.lm.sampling`. Text conditioning uses the course's null condition: a text mask row of
 all False means "no text" (exact zero cross-attention; see :mod:`course_lib.nn.guidance`), which is what
 classifier-free guidance drops to during training and feeds as the unconditional branch when sampling.
+
+Options for other checkpoints (all off by default, so the course's own models and saved ``config.json``
+files are unchanged): ``positional="sinusoidal_t2t"`` (frequencies ``10000^(−i/(half−1))``, MusicGen's),
+``activation`` (the MLP's non-linearity), ``linear_bias=False`` (MusicGen's bias-free linears) and
+``layerdrop`` (skip whole blocks at random while training). :mod:`course_lib.lm.musicgen_hf` uses them to
+load Hugging Face ``transformers`` MusicGen weights into this class with the same logits.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +43,37 @@ from course_lib.lm.patterns import PATTERNS, Pattern, make_pattern
 from course_lib.nn.saving import CONFIG_FILE, WEIGHTS_FILE, load_pretrained, save_pretrained  # noqa: F401 (re-exported)
 from course_lib.nn.transformer import Transformer, TransformerCache, sinusoidal_embedding
 
-__all__ = ["AudioLM", "AudioLMConfig", "PAPER_CONFIGS"]
+__all__ = ["AudioLM", "AudioLMConfig", "PAPER_CONFIGS", "ACTIVATIONS", "POSITIONALS", "sinusoidal_embedding_t2t"]
 
-POSITIONALS = ("sinusoidal", "learned")
+POSITIONALS = ("sinusoidal", "learned", "sinusoidal_t2t")
+
+# The MLP's non-linearity, by name (each a fresh nn.Module; none has parameters, so the choice does not change
+# the state dict). "gelu" is the exact (erf) GELU, the course's default and MusicGen's.
+ACTIVATIONS: dict[str, type[nn.Module] | functools.partial] = {
+    "gelu": nn.GELU,
+    "gelu_tanh": functools.partial(nn.GELU, approximate="tanh"),
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+}
+
+
+def sinusoidal_embedding_t2t(positions: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
+    """tensor2tensor's sinusoidal features of ``positions`` (any shape) → ``(*positions.shape, dim)``.
+
+    ``emb[..., i] = cos(p · ω_i)``, ``emb[..., half + i] = sin(p · ω_i)`` with ``ω_i = max_period^(−i / (half −
+    1))``, ``half = dim / 2``: the same layout (cosines first) as
+    :func:`course_lib.nn.transformer.sinusoidal_embedding`, whose frequencies are ``max_period^(−i / half)``
+    instead. The ``half − 1`` form is what tensor2tensor, audiocraft's ``create_sin_embedding`` and
+    ``transformers``' ``MusicgenSinusoidalPositionalEmbedding`` compute; the float operations here are the
+    latter's, so the table matches it bit for bit on CPU. ``dim`` must be even and at least 4.
+    """
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 4 or dim % 2:
+        raise ValueError(f"sinusoidal_embedding_t2t: dim must be an even int >= 4, got {dim!r}")
+    half = dim // 2
+    step = math.log(max_period) / (half - 1)
+    freqs = torch.exp(torch.arange(half, dtype=torch.int64, device=positions.device).float() * -step)
+    args = positions.to(torch.int64).float()[..., None] * freqs
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 # Paper-scale settings, as keyword arguments of AudioLMConfig. Never build these on a laptop.
 PAPER_CONFIGS: dict[str, dict] = {
@@ -62,9 +98,23 @@ class AudioLMConfig:
     Tokens: ``n_q`` codebooks (K) of ``codebook_size`` entries, laid out by ``pattern`` (``"delay"``,
     ``"parallel"`` or ``"flattening"``). Transformer: ``dim`` width, ``num_layers`` blocks, ``num_heads``
     heads, ``mlp_ratio`` MLP expansion, ``dropout`` (attention and residual branches). Text: ``text_dim``, the
-    width of the text encoder's embeddings. Positions: ``positional`` ``"sinusoidal"`` (audiocraft's) or
-    ``"learned"``; ``max_len`` is the most pattern steps the model accepts (the size of the learned table).
-    ``PAPER_CONFIGS["audiogen-medium"]`` holds the released AudioGen's values (:meth:`paper`).
+    width of the text encoder's embeddings. Positions: ``positional`` ``"sinusoidal"`` (the course's
+    :func:`~course_lib.nn.transformer.sinusoidal_embedding`, frequencies ``10000^(−i/half)``), ``"learned"``,
+    or ``"sinusoidal_t2t"`` (:func:`sinusoidal_embedding_t2t`, frequencies ``10000^(−i/(half−1))``, as
+    transformers' MusicGen); ``max_len`` is the most pattern steps the model accepts (the size of the learned
+    table). ``PAPER_CONFIGS["audiogen-medium"]`` holds the released AudioGen's values (:meth:`paper`).
+
+    Options added for converted checkpoints (:mod:`course_lib.lm.musicgen_hf`); their defaults are the course's
+    architecture, and a ``config.json`` saved before they existed loads unchanged:
+
+    * ``activation``: the MLP's non-linearity, a key of :data:`ACTIVATIONS` (``"gelu"``, exact erf GELU).
+    * ``linear_bias``: ``False`` removes the bias of every self-attention projection, of the cross-attention's
+      query and output projections, of both MLP linears and of the K heads (MusicGen has no bias in any of
+      its decoder linears). The cross-attention's **key and value** projections keep theirs: they read the
+      text encoder's output directly, and a converted MusicGen stores there its folded text projection
+      (``W_k·b_proj``; see :func:`course_lib.lm.musicgen_hf.lm_from_musicgen`).
+    * ``layerdrop``: in training mode each block is skipped with this probability (LayerDrop, Fan et al.
+      2020; MusicGen's ``layerdrop``); eval mode and KV-cached calls always run every block.
     """
 
     n_q: int = 4
@@ -78,6 +128,9 @@ class AudioLMConfig:
     pattern: str = "delay"
     mlp_ratio: float = 4.0
     positional: str = "sinusoidal"
+    activation: str = "gelu"
+    linear_bias: bool = True
+    layerdrop: float = 0.0
 
     @property
     def special_id(self) -> int:
@@ -94,6 +147,8 @@ class AudioLMConfig:
             raise ValueError(f"AudioLMConfig.dim={self.dim} must be divisible by num_heads={self.num_heads}")
         if self.positional == "sinusoidal" and self.dim % 2:
             raise ValueError(f"AudioLMConfig.dim={self.dim} must be even for sinusoidal positions")
+        if self.positional == "sinusoidal_t2t" and (self.dim % 2 or self.dim < 4):
+            raise ValueError(f"AudioLMConfig.dim={self.dim} must be even and >= 4 for sinusoidal_t2t positions")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"AudioLMConfig.dropout: must be in [0, 1), got {self.dropout}")
         if self.mlp_ratio <= 0:
@@ -102,6 +157,14 @@ class AudioLMConfig:
             raise ValueError(f"AudioLMConfig.pattern: expected one of {sorted(PATTERNS)}, got {self.pattern!r}")
         if self.positional not in POSITIONALS:
             raise ValueError(f"AudioLMConfig.positional: expected one of {POSITIONALS}, got {self.positional!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"AudioLMConfig.activation: expected one of {sorted(ACTIVATIONS)}, "
+                             f"got {self.activation!r}")
+        if not isinstance(self.linear_bias, bool):
+            raise ValueError(f"AudioLMConfig.linear_bias: must be a bool, got {self.linear_bias!r}")
+        if (isinstance(self.layerdrop, bool) or not isinstance(self.layerdrop, (int, float))
+                or not 0.0 <= self.layerdrop < 1.0):
+            raise ValueError(f"AudioLMConfig.layerdrop: must be in [0, 1), got {self.layerdrop!r}")
 
     def to_dict(self) -> dict:
         """Plain JSON-serialisable dict."""
@@ -148,7 +211,15 @@ class AudioLM(nn.Module):
         self.pos_embedding = nn.Embedding(config.max_len, dim) if config.positional == "learned" else None
         self.transformer = Transformer(dim, config.num_layers, config.num_heads, mlp_ratio=config.mlp_ratio,
                                        cross_attention_dim=config.text_dim, causal=True, dropout=config.dropout)
-        self.heads = nn.ModuleList(nn.Linear(dim, card) for _ in range(config.n_q))
+        self.heads = nn.ModuleList(nn.Linear(dim, card, bias=config.linear_bias) for _ in range(config.n_q))
+        for block in self.transformer.blocks:
+            if config.activation != "gelu":
+                block.mlp[1] = ACTIVATIONS[config.activation]()
+            if not config.linear_bias:  # MusicGen's layout; cross-attention k/v keep theirs (see the config)
+                attn, cross = block.self_attn, block.cross_attn
+                for linear in (attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj, cross.q_proj, cross.out_proj,
+                               block.mlp[0], block.mlp[2]):
+                    linear.register_parameter("bias", None)
 
     @property
     def special_id(self) -> int:
@@ -213,9 +284,17 @@ class AudioLM(nn.Module):
         positions = torch.arange(offset, offset + steps, device=seq.device)
         if self.pos_embedding is not None:
             x = x + self.pos_embedding(positions)
+        elif self.config.positional == "sinusoidal_t2t":
+            x = x + sinusoidal_embedding_t2t(positions, self.config.dim).to(x.dtype)
         else:
             x = x + sinusoidal_embedding(positions, self.config.dim).to(x.dtype)
-        h = self.transformer(x, text, text_mask, cache=cache)
+        if self.training and self.config.layerdrop > 0 and cache is None:
+            for block in self.transformer.blocks:  # LayerDrop: skip each block with probability layerdrop
+                if float(torch.rand(())) >= self.config.layerdrop:
+                    x = block(x, text, text_mask)
+            h = self.transformer.norm(x, None)
+        else:
+            h = self.transformer(x, text, text_mask, cache=cache)
         return torch.stack([head(h) for head in self.heads], dim=1)
 
     def shift_right(self, seq: Tensor) -> Tensor:

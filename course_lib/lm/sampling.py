@@ -104,7 +104,10 @@ def guided_logits(model: AudioLM, seq: Tensor, text: Tensor, text_mask: Tensor |
     ``cfg_scale = 1`` runs the conditional model alone (batch B). Otherwise the conditional and the
     unconditional branch (the same text with an all-False mask, the course's null condition) run as one
     batch of ``2B`` and are mixed by :func:`~course_lib.nn.guidance.cfg_mix`. A ``cache`` must therefore have
-    been built by calls with the same ``cfg_scale`` (batch ``B`` or ``2B``).
+    been built by calls with the same ``cfg_scale`` (batch ``B`` or ``2B``). For an LM converted from
+    transformers' MusicGen (:func:`course_lib.lm.lm_from_musicgen`) this null branch is the one MusicGen's
+    ``generate(guidance_scale=...)`` builds (zeroed T5 states with a zeroed mask: zero cross-attention too), so
+    greedy decoding gives MusicGen's tokens (``tests/test_musicgen_convert.py``).
     """
     if text_mask is None:
         text_mask = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
