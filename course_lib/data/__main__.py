@@ -4,6 +4,7 @@
     python -m course_lib.data export --kind music --generator-version 2 --out data/music_v2
     python -m course_lib.data export --kind sound_events --generator-version 2 --out data/sound_events_v2 \
         --test-heldout 100
+    python -m course_lib.data probes --version 2 --n 500     # the probes on 500 fresh clips per domain
 
 writes ``data/sound_events/{train,valid,test}/`` (and ``test_heldout/``: the test clips captioned by the
 held-out part of the version 2 caption grammar) in the Hugging Face audiofolder layout (16-bit wav files
@@ -27,7 +28,7 @@ from course_lib.data.export import (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``python -m course_lib.data`` argument parser (one sub-command, ``export``)."""
+    """The ``python -m course_lib.data`` argument parser (sub-commands ``export`` and ``probes``)."""
     parser = argparse.ArgumentParser(prog="python -m course_lib.data", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     export = commands.add_parser("export", help="generate a course dataset and write it to disk")
@@ -45,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--generator-version", type=int, default=None, metavar="N",
                         help="generator version (1, the default; music 2: SoundFont instruments; "
                              "sound_events 2: several recipes per class, a room, varied backgrounds)")
+    check = commands.add_parser("probes", help="how well the course's probes read fresh real clips' labels")
+    check.add_argument("--version", type=int, default=2, help="data version (default 2)")
+    check.add_argument("--n", type=int, default=500, help="fresh test clips per domain (default 500)")
     return parser
 
 
@@ -57,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "probes":
+        return _probes(args)
     sizes = {split: getattr(args, split) for split in DEFAULT_SIZES}
     sizes[HELDOUT_SPLIT] = getattr(args, HELDOUT_SPLIT)
     if any(n < 0 for n in sizes.values()):
@@ -77,6 +83,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"wrote {sum(sizes.values())} clips to {out} ({', '.join(f'{k}: {v}' for k, v in sizes.items())})")
+    return 0
+
+
+
+def _probes(args: argparse.Namespace) -> int:
+    import json
+
+    from course_lib.data.probe_check import probe_accuracy
+    from course_lib.runtime import configure_threads
+
+    configure_threads()
+    try:
+        result = probe_accuracy(version=args.version, n=args.n)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
     return 0
 
 

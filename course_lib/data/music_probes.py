@@ -124,14 +124,21 @@ def tempo_error(audio: Any, sample_rate: int, target_bpm: float) -> float:
 # ---- the instrument classifier ----------------------------------------------------------------------------
 
 
-def instrument_classifier_config(sample_rate: int = 16_000) -> EventClassifierConfig:
-    """An :class:`EventClassifierConfig` over :data:`course_lib.data.music.INSTRUMENTS` at ``sample_rate`` Hz:
-    16 kHz uses the sound-event probe's front end (64 ms frames, 64 mels); lower rates (Noise2Music's 3.2
-    kHz) keep 64 ms frames with 32 mels, as many as their narrower band holds."""
+def instrument_classifier_config(sample_rate: int = 16_000, version: int = 1) -> EventClassifierConfig:
+    """An :class:`EventClassifierConfig` over the instruments of music generator ``version`` (1:
+    :data:`course_lib.data.music.INSTRUMENTS`, six; 2: :data:`course_lib.data.music_sf2.INSTRUMENTS`, those
+    and strings and brass) at ``sample_rate`` Hz: 16 kHz uses the sound-event probe's front end (64 ms frames,
+    64 mels); lower rates (Noise2Music's 3.2 kHz) keep 64 ms frames with 32 mels, as many as their narrower
+    band holds."""
+    classes = music.INSTRUMENTS
+    if music.check_version(version) == 2:
+        from course_lib.data import music_sf2
+
+        classes = music_sf2.INSTRUMENTS
     if sample_rate >= 16_000:
-        return EventClassifierConfig(classes=music.INSTRUMENTS, sample_rate=sample_rate)
+        return EventClassifierConfig(classes=classes, sample_rate=sample_rate)
     n_fft = 1 << int(round(math.log2(0.064 * sample_rate)))
-    return EventClassifierConfig(classes=music.INSTRUMENTS, sample_rate=sample_rate, n_fft=n_fft,
+    return EventClassifierConfig(classes=classes, sample_rate=sample_rate, n_fft=n_fft,
                                  hop_length=n_fft // 4, n_mels=32, stat_bands=16)
 
 
@@ -146,22 +153,24 @@ def music_training_audio(clips: list, sample_rate: int = 16_000, peak: float | N
 
 
 def train_instrument_classifier(n_per_class: int = 40, seed: int = 0, epochs: int = 300, clip_seconds: float = 4.0,
-                                sample_rate: int = 16_000, lr: float = 3e-3) -> EventClassifier:
-    """Train an instrument probe: an :class:`EventClassifier` over the six instruments at ``sample_rate`` Hz.
+                                sample_rate: int = 16_000, lr: float = 3e-3, version: int = 1) -> EventClassifier:
+    """Train an instrument probe: an :class:`EventClassifier` over the instruments of music generator
+    ``version`` (1, the default and what the shipped cards' probe is trained on: six; 2: eight, played on
+    SoundFont instruments) at ``sample_rate`` Hz.
 
-    Its data are ``n_per_class · 6`` train-split music clips, indices ``seed·10⁶ …`` (instruments cycle with
-    the index, so the classes are balanced), synthesised at 16 kHz and resampled to ``sample_rate``; half of
-    them carry drums, as in the generator. Full-batch AdamW on cross-entropy, ``epochs`` steps (as
+    Its data are ``n_per_class · len(classes)`` train-split music clips, indices ``seed·10⁶ …`` (instruments
+    cycle with the index, so the classes are balanced), made at 16 kHz and resampled to ``sample_rate``; half
+    of them carry drums, as in the generator. Full-batch AdamW on cross-entropy, ``epochs`` steps (as
     :func:`~course_lib.data.probes.train_event_classifier`); ``seed`` also seeds the weights.
     """
     if isinstance(n_per_class, bool) or not isinstance(n_per_class, int) or n_per_class < 1:
         raise ValueError(f"n_per_class must be a positive int, got {n_per_class!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 4000:
         raise ValueError(f"seed must be an int in [0, 4000), got {seed!r}")
-    config = instrument_classifier_config(sample_rate)
+    config = instrument_classifier_config(sample_rate, version)
     classes = config.classes
     clips = list(music.generate_clips("train", n_per_class * len(classes), clip_seconds, 16_000,
-                                      start=seed * 10**6))
+                                      start=seed * 10**6, version=version))
     labels = torch.tensor([classes.index(c.attributes["instrument"]) for c in clips])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
