@@ -26,6 +26,14 @@ unidirectional LSTM), where a latent frame depends only on past and present samp
 Deviations from the papers: no input renormalisation (audiocraft's ``renormalize: false`` for these
 models); zero padding inside the network (audiocraft) rather than reflection (the ``encodec`` package);
 inputs of any length are zero-padded on the right to a multiple of ``hop`` and the output is cropped back.
+
+Options for EnCodec checkpoints (:func:`course_lib.codecs.encodec_hf.codec_from_encodec` sets them; the
+defaults keep the course codec and the shipped ``codec_course`` weights, and old ``config.json`` files load
+unchanged): ``true_skip=False`` (1×1 convolution shortcuts in the residual units), ``pad_mode="reflect"``,
+``norm="time_group_norm"`` (EnCodec 48 kHz), ``trim_right_ratio`` (causal transposed convolutions), and
+``pad_input=False``: the clip is not zero-padded to a multiple of ``hop`` first, every convolution pads its
+own input instead (same frame count; the values differ only in the last frame of a clip whose length is not
+a multiple of ``hop``). See :mod:`course_lib.codecs.seanet`.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.codecs.seanet import NORMS, SEANetDecoder, SEANetEncoder
+from course_lib.codecs.seanet import NORMS, PAD_MODES, SEANetDecoder, SEANetEncoder
 from course_lib.quantize import QuantizerOutput, ResidualVectorQuantizer, bitrate
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
@@ -61,6 +69,11 @@ class CodecConfig:
     (50), dead codes restarted under an EMA usage of ``dead_code_threshold`` hits per batch (audiocraft: 2,
     with 64 × 50 = 3200 frames per GPU batch; the course default is 0.5, because a CPU batch of 8 one-second
     clips holds 400 frames: at 2 nearly every code would be restarted at every step).
+
+    EnCodec options, off by default (see :mod:`course_lib.codecs.seanet`): ``true_skip`` (False: 1×1
+    convolution shortcuts in the residual units), ``pad_mode`` (one of ``PAD_MODES``), ``norm`` may also be
+    ``"time_group_norm"``, ``trim_right_ratio`` (causal only), ``pad_input`` (False: no zero-padding of the
+    clip to a multiple of ``hop`` before the encoder, as EnCodec).
     """
 
     sample_rate: int = 16_000
@@ -85,6 +98,10 @@ class CodecConfig:
     kmeans_init: bool = True
     kmeans_iters: int = 50
     dead_code_threshold: float = 0.5
+    true_skip: bool = True
+    pad_mode: str = "constant"
+    trim_right_ratio: float = 1.0
+    pad_input: bool = True
 
     @property
     def hop_length(self) -> int:
@@ -113,6 +130,14 @@ class CodecConfig:
                              f"got {self.codebook_size}")
         if self.norm not in NORMS:
             raise ValueError(f"model.norm: must be one of {NORMS}, got {self.norm!r}")
+        if self.pad_mode not in PAD_MODES:
+            raise ValueError(f"model.pad_mode: must be one of {PAD_MODES}, got {self.pad_mode!r}")
+        ratio = self.trim_right_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"model.trim_right_ratio: must be a number in [0, 1], got {ratio!r}")
+        if ratio != 1.0 and not self.causal:
+            raise ValueError(f"model.trim_right_ratio: {ratio} != 1.0 needs model.causal = true (a non-causal "
+                             f"transposed convolution trims total // 2 on the right)")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"model.ema_decay: must be in [0, 1), got {self.ema_decay}")
         if self.commitment_weight < 0 or self.dead_code_threshold < 0:
@@ -154,14 +179,15 @@ class Codec(nn.Module):
                       ratios=config.ratios, n_residual_layers=config.n_residual_layers,
                       kernel_size=config.kernel_size, residual_kernel_size=config.residual_kernel_size,
                       last_kernel_size=config.last_kernel_size, dilation_base=config.dilation_base,
-                      compress=config.compress, lstm=config.lstm, causal=config.causal, norm=config.norm)
+                      compress=config.compress, lstm=config.lstm, causal=config.causal, norm=config.norm,
+                      true_skip=config.true_skip, pad_mode=config.pad_mode)
         self.encoder = SEANetEncoder(**seanet)
         self.quantizer = ResidualVectorQuantizer(
             config.dimension, config.n_q, config.codebook_size, quantizer_dropout=config.quantizer_dropout,
             beta=config.commitment_weight, ema=True, decay=config.ema_decay,
             dead_code_threshold=config.dead_code_threshold, kmeans_init=config.kmeans_init,
             kmeans_iters=config.kmeans_iters)
-        self.decoder = SEANetDecoder(**seanet)
+        self.decoder = SEANetDecoder(**seanet, trim_right_ratio=config.trim_right_ratio)
 
     # ---- arithmetic --------------------------------------------------------------------------------------
 
@@ -217,6 +243,8 @@ class Codec(nn.Module):
                              f"{self.config.sample_rate} Hz; resample it first (course_lib.audio.resample)")
 
     def _pad(self, wav: torch.Tensor) -> torch.Tensor:
+        if not self.config.pad_input:
+            return wav
         extra = self.num_frames(wav.shape[-1]) * self.hop_length - wav.shape[-1]
         return F.pad(wav, (0, extra)) if extra else wav
 
