@@ -278,3 +278,22 @@ def test_hf_clap_agreement_offline(hf_folders):
     torch.testing.assert_close(score, (a * t).sum(1))
     torch.testing.assert_close(t.norm(dim=1), torch.ones(3))
     assert load_agreement_model(clap) is clap
+
+
+def test_data_version_2_labels_clips_and_paraphrases():
+    from course_lib.data import music_sf2
+    from course_lib.metrics.agreement import course_captions
+    from course_lib.metrics.embeddings import course_clips
+
+    labels = course_label_set(version=2)
+    assert labels[:12] == course_label_set()[:12] and labels[12:] == tuple(f"music/{i}" for i in music_sf2.INSTRUMENTS)
+    audio, names, clips = course_clips("test", 1, 1.0, version=2)
+    assert audio.shape == (20, 16_000) and sorted(names) == sorted(labels)
+    assert {c.attributes["generator"] for c in clips} == {"sound_events/v2", "music/v2"}
+    _, _, heldout = course_clips("test", 1, 1.0, version=2, grammar="heldout")
+    assert [c.attributes["caption_grammar"] for c in heldout] == ["heldout"] * 20
+    wordings = course_captions(clips, 3)
+    assert all(w[0] == c.caption for w, c in zip(wordings, clips))
+    assert sum(len(set(w)) == 3 for w in wordings) >= 18  # new wordings of the same facts, where the grammar has them
+    with pytest.raises(ValueError, match="version=2"):
+        course_clips("test", 1, 1.0, grammar="heldout")  # version 1 has no held-out grammar

@@ -61,6 +61,9 @@ __all__ = ["info_nce_loss", "AgreementConfig", "AgreementModel", "HFClapAgreemen
            "measure_agreement", "load_agreement_model", "SHIPPED_AGREEMENT"]
 
 SHIPPED_AGREEMENT = "agreement_course"  # the folder name under course_lib/pretrained/ once shipped
+#: The shipped agreement model of each course data version, and the shipped text encoder it reads captions with.
+SHIPPED_AGREEMENTS = {1: SHIPPED_AGREEMENT, 2: "agreement_v2"}
+TEXT_ENCODERS = {1: "course", 2: "course:text_encoder_v2"}
 
 
 def info_nce_loss(similarity: torch.Tensor, temperature: float | torch.Tensor = 0.07,
@@ -296,11 +299,20 @@ def retrieval_metrics(similarity: torch.Tensor, groups: list[Any] | None = None)
 
 def course_captions(clips: list[Any], paraphrases: int, seed: int = 0) -> list[list[str]]:
     """``paraphrases`` captions per clip: its own caption, then fresh wordings of the same attributes
-    (:func:`course_lib.data.sound_events.caption` / :func:`course_lib.data.music.caption` with other seeds)."""
+    (:func:`course_lib.data.sound_events.caption` / :func:`course_lib.data.music.caption` with other seeds; for
+    a version 2 clip, :func:`course_lib.text.captions.paraphrase_v2` in the seen grammar, each different from
+    the ones before where the grammar allows)."""
     from course_lib.data import music, sound_events
+    from course_lib.text.captions import paraphrase_v2
 
     out = []
     for i, clip in enumerate(clips):
+        if str(clip.attributes.get("generator", "")).endswith("/v2"):
+            wordings = [clip.caption]
+            for k in range(1, paraphrases):
+                wordings.append(paraphrase_v2(clip.attributes, [seed, i, k], avoid=tuple(wordings)))
+            out.append(wordings)
+            continue
         writer = music.caption if "instrument" in clip.attributes else sound_events.caption
         extra = [writer(clip.attributes, np.random.default_rng([seed, i, k])) for k in range(1, paraphrases)]
         out.append([clip.caption, *extra])
@@ -309,23 +321,32 @@ def course_captions(clips: list[Any], paraphrases: int, seed: int = 0) -> list[l
 
 @torch.no_grad()
 def measure_agreement(model: Any, split: str = "test", n_per_class: int = 8, clip_seconds: float = 2.0,
-                      start: int = 0, music: bool = True) -> dict[str, float]:
+                      start: int = 0, music: bool = True, version: int = 1) -> dict[str, float]:
     """Retrieval on fresh held-out clips and their own captions (:func:`retrieval_metrics`, grouped by
-    class): ``n_per_class`` clips per sound-event class (and per instrument with ``music``) of ``split``."""
-    audio, labels, clips = course_clips(split, n_per_class, clip_seconds, model.sample_rate, start, music)
+    class): ``n_per_class`` clips per sound-event class (and per instrument with ``music``) of ``split``, data
+    ``version``. With version 2 (test split) the same clips are also scored against captions written by the
+    held-out grammar (templates and words no training caption uses): those numbers are prefixed ``heldout_``."""
+    audio, labels, clips = course_clips(split, n_per_class, clip_seconds, model.sample_rate, start, music, version)
     sims = similarity_matrix(model, audio, [c.caption for c in clips], model.sample_rate)
-    return retrieval_metrics(sims, labels)
+    out = retrieval_metrics(sims, labels)
+    if version == 2 and split == "test":
+        _, _, heldout = course_clips(split, n_per_class, clip_seconds, model.sample_rate, start, music, version,
+                                     grammar="heldout")
+        sims = model.embed_audio(audio, model.sample_rate) @ model.embed_text([c.caption for c in heldout]).T
+        out.update({f"heldout_{k}": v for k, v in retrieval_metrics(sims, labels).items() if k != "n"})
+    return out
 
 
 def train_agreement_model(split: str = "train", n_per_class: int = 32, clip_seconds: float = 2.0, steps: int = 300,
                           batch_size: int = 48, lr: float = 3e-3, seed: int = 0, music: bool = True,
                           paraphrases: int = 4, config: AgreementConfig | None = None, text_encoder: Any = None,
                           audio_init: CourseAudioClassifier | None = None, eval_per_class: int = 8,
-                          progress: bool = False) -> tuple[AgreementModel, dict[str, Any]]:
+                          progress: bool = False, version: int = 1) -> tuple[AgreementModel, dict[str, Any]]:
     """Train an :class:`AgreementModel` on generated clips and their captions; return it (eval mode) and metrics.
 
     Data: :func:`course_lib.metrics.embeddings.course_clips` (``n_per_class`` per class, indices from
-    ``seed·10⁶``), each with ``paraphrases`` wordings of its caption (:func:`course_captions`), encoded once by
+    ``seed·10⁶``, data ``version``: with 2, give a ``config`` whose ``text_encoder`` read version 2 captions,
+    :data:`TEXT_ENCODERS`), each with ``paraphrases`` wordings of its caption (:func:`course_captions`), encoded once by
     the frozen text encoder. Each step: ``batch_size`` random clips, one random wording each, log-mels rolled
     in time by a random number of frames; symmetric InfoNCE with the learnable temperature (pairs whose
     wordings are identical count as positives of each other); AdamW with cosine decay. ``audio_init``: start
@@ -348,7 +369,8 @@ def train_agreement_model(split: str = "train", n_per_class: int = 32, clip_seco
         if audio_init.config.to_dict() | {"classes": []} != config.audio.to_dict() | {"classes": []}:
             raise ValueError("audio_init's encoder config differs from config.audio")
         model.audio_tower.load_state_dict(audio_init.encoder.state_dict())
-    audio, labels, clips = course_clips(split, n_per_class, clip_seconds, config.audio.sample_rate, seed * 10**6, music)
+    audio, labels, clips = course_clips(split, n_per_class, clip_seconds, config.audio.sample_rate, seed * 10**6, music,
+                                        version)
     wordings = course_captions(clips, paraphrases, seed)
     flat = [w for ws in wordings for w in ws]
     unique = {w: i for i, w in enumerate(dict.fromkeys(flat))}
@@ -386,7 +408,7 @@ def train_agreement_model(split: str = "train", n_per_class: int = 32, clip_seco
                                "audio_init": audio_init is not None}
     if eval_per_class:
         metrics.update({f"test_{k}": v for k, v in measure_agreement(
-            model, "test", eval_per_class, clip_seconds, music=music).items()})
+            model, "test", eval_per_class, clip_seconds, music=music, version=version).items()})
     metrics["seconds"] = time.perf_counter() - t0
     return model, metrics
 
@@ -428,38 +450,51 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--audio-init", default=None, help="folder of a CourseAudioClassifier to start the audio tower")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-music", action="store_true")
+    parser.add_argument("--data-version", type=int, default=1, choices=sorted(SHIPPED_AGREEMENTS),
+                        help="course data version (1, the default; 2: SoundFont music, v2 events and captions, read by "
+                             f"text_encoder_v2; published as {SHIPPED_AGREEMENTS[2]})")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: $COURSE_NUM_THREADS, else 1; see course_lib.runtime.configure_threads)")
-    parser.add_argument("--publish", action="store_true", help=f"write card.json + CARD.md (as {SHIPPED_AGREEMENT})")
+    parser.add_argument("--publish", action="store_true",
+                        help="write card.json + CARD.md (as agreement_course, or agreement_v2 with --data-version 2)")
     parser.add_argument("--float32", action="store_true", help="with --publish: keep float32 weights")
     args = parser.parse_args(argv)
     configure_threads(args.threads)
     init = CourseAudioClassifier.from_pretrained(args.audio_init) if args.audio_init else None
-    config = AgreementConfig(audio=AudioClassifierConfig(**{**init.config.to_dict(), "classes": ()})) if init else None
+    version = args.data_version
+    audio_config = AudioClassifierConfig(**{**init.config.to_dict(), "classes": ()}) if init else None
+    config = AgreementConfig(**({"audio": audio_config} if audio_config else {}), text_encoder=TEXT_ENCODERS[version])
     model, metrics = train_agreement_model(n_per_class=args.n_per_class, steps=args.steps, paraphrases=args.paraphrases,
                                            clip_seconds=args.clip_seconds,
                                            eval_per_class=0 if args.publish else args.eval_per_class,
                                            seed=args.seed, music=not args.no_music, audio_init=init, config=config,
-                                           progress=True)
+                                           progress=True, version=version)
     if args.publish:
         cfg = model.config
         own = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("text_encoder."))
         frozen = sum(p.numel() for p in model.text_encoder.parameters())
         start = (f"audio tower initialised from the classifier in `{args.audio_init}`" if args.audio_init
                  else "audio tower from random weights")
-        text_name = "text_encoder_course" if cfg.text_encoder == "course" else cfg.text_encoder
+        text_name = "text_encoder_course" if cfg.text_encoder == "course" else cfg.text_encoder.partition(":")[2]
+        settings = {"split": "test", "n_per_class": args.eval_per_class, "clip_seconds": args.clip_seconds}
+        if version == 1:
+            what = ("It tells classes apart (the true caption beats another clip's in 99% of held-out pairs) but not "
+                    "captions that differ only in pitch band, count or tempo (50-64% of pairs, near chance: lesson "
+                    "08)")
+        else:
+            settings["version"] = version
+            what = ("Trained and measured on the course's data version 2 (SoundFont music, v2 sound events and their "
+                    "varied captions); the `heldout_*` metrics score the same test clips against captions written "
+                    "by the held-out part of the caption grammar, which no training caption uses")
         card = publish_model(
-            model, args.out, name=SHIPPED_AGREEMENT, model_class="course_lib.metrics.agreement:AgreementModel",
+            model, args.out, name=SHIPPED_AGREEMENTS[version], model_class="course_lib.metrics.agreement:AgreementModel",
             description=("The course's text-audio agreement model (a CLAP-style score for generated clips): the "
                          f"classifier's conv audio tower and a linear projection, the frozen course text encoder "
                          f"(`{text_name}`, mean-pooled) and a 2-layer MLP projection, into a shared "
                          f"{cfg.embed_dim}-wide space; trained with symmetric InfoNCE and a learnable temperature. "
-                         "The score of a clip and a caption is their cosine. It tells classes apart (the true caption "
-                         "beats another clip's in 99% of held-out pairs) but not captions that differ only in pitch "
-                         "band, count or tempo (50-64% of pairs, near chance: lesson 08); its numbers are not "
+                         f"The score of a clip and a caption is their cosine. {what}; its numbers are not "
                          "comparable with the papers' CLAP scores."),
-            measure=measure_agreement,
-            settings={"split": "test", "n_per_class": args.eval_per_class, "clip_seconds": args.clip_seconds},
+            measure=measure_agreement, settings=settings,
             command="python -m course_lib.metrics.agreement " + " ".join(sys.argv[1:] if argv is None else argv),
             train_metrics=metrics, half=not args.float32,
             notes=[f"of which {own:,} are stored here and {frozen:,} belong to the frozen text encoder "
@@ -467,8 +502,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "metrics: retrieval among all test clips of the setting, each with its own caption "
                    "(`recall_at_1`: clip to caption, chance 1/n; `pair_accuracy`: own caption above another one, "
                    "chance 0.5; `recall_at_1_group`: best caption of a clip of the same class)"],
-            data=(f"course generators, train split: {args.n_per_class} clips per class x "
-                  f"{len(course_label_set(not args.no_music))} classes, {args.clip_seconds} s at "
+            data=(f"course generators (data version {version}), train split: {args.n_per_class} clips per class x "
+                  f"{len(course_label_set(not args.no_music, version))} classes, {args.clip_seconds} s at "
                   f"{model.sample_rate} Hz, each with {args.paraphrases} wordings of its caption; {start}"))
         metrics = {**metrics, **{f"test_{k}": v for k, v in card["evaluation"]["metrics"].items()}}
     else:

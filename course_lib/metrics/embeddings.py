@@ -44,6 +44,8 @@ __all__ = ["AudioEmbedder", "prepare_audio", "AudioClassifierConfig", "ConvAudio
            "HFAudioEmbedder", "save_random_tiny_audio", "load_audio_embedder", "publish_model", "SHIPPED_CLASSIFIER"]
 
 SHIPPED_CLASSIFIER = "audio_classifier_course"  # the folder name under course_lib/pretrained/ once shipped
+#: The shipped classifier trained on each version of the course data (version 2: SoundFont music, v2 events).
+SHIPPED_CLASSIFIERS = {1: SHIPPED_CLASSIFIER, 2: "audio_classifier_v2"}
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 _CHUNK = 64  # clips per forward pass inside embed / predict_proba (bounds the memory of the STFT)
 
@@ -142,14 +144,20 @@ class AudioEmbedder:
 # --------------------------------------------------------------------------------------------------------
 
 
-def course_label_set(music: bool = True) -> tuple[str, ...]:
+def course_label_set(music: bool = True, version: int = 1) -> tuple[str, ...]:
     """The course's class names: the 12 sound-event classes, then (``music=True``) ``"music/<instrument>"``
-    for each of the 6 music instruments."""
+    for each music instrument of data ``version`` (1: the 6 of :mod:`course_lib.data.music`; 2: those and
+    strings and brass, :data:`course_lib.data.music_sf2.INSTRUMENTS`)."""
     from course_lib.data import music as music_data
     from course_lib.data import sound_events
 
     events = tuple(sound_events.EVENT_CLASSES)
-    return events + tuple(f"music/{name}" for name in music_data.INSTRUMENTS) if music else events
+    instruments = music_data.INSTRUMENTS
+    if music_data.check_version(version) == 2:
+        from course_lib.data import music_sf2
+
+        instruments = music_sf2.INSTRUMENTS
+    return events + tuple(f"music/{name}" for name in instruments) if music else events
 
 
 @dataclass
@@ -355,21 +363,24 @@ def _shipped(name: str) -> Path:
 
 
 def course_clips(split: str, n_per_class: int, clip_seconds: float = 2.0, sample_rate: int = 16_000, start: int = 0,
-                 music: bool = True) -> tuple[np.ndarray, list[str], list[Any]]:
+                 music: bool = True, version: int = 1, grammar: str = "seen") -> tuple[np.ndarray, list[str], list[Any]]:
     """Class-balanced generated clips: ``n_per_class`` of each sound-event class (and of each music instrument
-    when ``music``), indices ``start ...`` of ``split``. Returns audio ``(N, T)`` float32, the label of each
-    clip (a name of :func:`course_label_set`) and the :class:`~course_lib.data.Clip` records."""
+    when ``music``), indices ``start ...`` of ``split``, from data ``version`` (1 or 2; with 2, ``grammar=
+    "heldout"`` captions test clips with the held-out caption grammar). Returns audio ``(N, T)`` float32, the
+    label of each clip (a name of :func:`course_label_set`) and the :class:`~course_lib.data.Clip` records."""
     from course_lib.data import music as music_data
     from course_lib.data import sound_events
 
     if isinstance(n_per_class, bool) or not isinstance(n_per_class, int) or n_per_class < 1:
         raise ValueError(f"n_per_class must be a positive int, got {n_per_class!r}")
+    extra = {} if grammar == "seen" else {"grammar": grammar}  # version 1 has no grammar and says so
     clips = list(sound_events.generate_clips(split, n_per_class * len(sound_events.EVENT_CLASSES), clip_seconds,
-                                             sample_rate, start=start))
+                                             sample_rate, start=start, version=version, **extra))
     labels = [c.attributes["class"] for c in clips]
     if music:
-        tunes = list(music_data.generate_clips(split, n_per_class * len(music_data.INSTRUMENTS), clip_seconds,
-                                               sample_rate, start=start))
+        n_instruments = len(course_label_set(True, version)) - len(sound_events.EVENT_CLASSES)
+        tunes = list(music_data.generate_clips(split, n_per_class * n_instruments, clip_seconds,
+                                               sample_rate, start=start, version=version, **extra))
         clips += tunes
         labels += [f"music/{c.attributes['instrument']}" for c in tunes]
     return np.stack([c.audio for c in clips]).astype(np.float32), labels, clips
@@ -377,12 +388,12 @@ def course_clips(split: str, n_per_class: int, clip_seconds: float = 2.0, sample
 
 @torch.no_grad()
 def measure_audio_classifier(model: CourseAudioClassifier, split: str = "test", n_per_class: int = 16,
-                             clip_seconds: float = 2.0, start: int = 0) -> dict[str, float]:
-    """Accuracy of ``model`` on fresh class-balanced clips of ``split`` (the held-out test split by default):
-    ``{"accuracy", "accuracy_events", "accuracy_music", "n_clips"}`` (music accuracy only when the model
-    has music classes). Chance is ``1 / len(classes)``."""
+                             clip_seconds: float = 2.0, start: int = 0, version: int = 1) -> dict[str, float]:
+    """Accuracy of ``model`` on fresh class-balanced clips of ``split`` (the held-out test split by default)
+    of data ``version``: ``{"accuracy", "accuracy_events", "accuracy_music", "n_clips"}`` (music accuracy
+    only when the model has music classes). Chance is ``1 / len(classes)``."""
     music = any(c.startswith("music/") for c in model.classes)
-    audio, labels, _ = course_clips(split, n_per_class, clip_seconds, model.sample_rate, start, music)
+    audio, labels, _ = course_clips(split, n_per_class, clip_seconds, model.sample_rate, start, music, version)
     unknown = sorted(set(labels) - set(model.classes))
     if unknown:
         raise ValueError(f"the model has no class for {unknown}; its classes are {model.classes}")
@@ -398,11 +409,12 @@ def measure_audio_classifier(model: CourseAudioClassifier, split: str = "test", 
 def train_course_classifier(split: str = "train", n_per_class: int = 32, clip_seconds: float = 2.0,
                             steps: int = 300, seed: int = 0, music: bool = True, batch_size: int = 48,
                             lr: float = 3e-3, config: AudioClassifierConfig | None = None,
-                            eval_per_class: int = 16, progress: bool = False) -> tuple[CourseAudioClassifier, dict]:
+                            eval_per_class: int = 16, progress: bool = False,
+                            version: int = 1) -> tuple[CourseAudioClassifier, dict]:
     """Train a :class:`CourseAudioClassifier` on generated clips; return it (eval mode) and its metrics.
 
     Data: ``n_per_class`` clips of ``clip_seconds`` per class of :func:`course_label_set` (``music`` adds the
-    6 instruments), ``split`` indices ``seed·10⁶ …`` (as :func:`course_lib.data.probes.train_event_classifier`
+    instruments) from data ``version`` (1 or 2), ``split`` indices ``seed·10⁶ …`` (as :func:`course_lib.data.probes.train_event_classifier`
     draws them; consecutive indices cycle through the classes). Each step: a random mini-batch of
     ``batch_size`` clips, their log-mels circularly shifted in time by a random number of frames (a cheap
     augmentation; the log-mels are computed once), AdamW on
@@ -416,11 +428,12 @@ def train_course_classifier(split: str = "train", n_per_class: int = 32, clip_se
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 4000:
         raise ValueError(f"seed must be an int in [0, 4000), got {seed!r}")
     t0 = time.perf_counter()
-    config = config or AudioClassifierConfig(classes=course_label_set(music))
-    audio, labels, _ = course_clips(split, n_per_class, clip_seconds, config.sample_rate, seed * 10**6, music)
+    config = config or AudioClassifierConfig(classes=course_label_set(music, version))
+    audio, labels, _ = course_clips(split, n_per_class, clip_seconds, config.sample_rate, seed * 10**6, music,
+                                    version)
     missing = sorted(set(labels) - set(config.classes))
     if missing:
-        raise ValueError(f"config.classes lacks {missing}: use course_label_set(music={music})")
+        raise ValueError(f"config.classes lacks {missing}: use course_label_set(music={music}, version={version})")
     y = torch.tensor([config.classes.index(label) for label in labels])
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
@@ -453,7 +466,7 @@ def train_course_classifier(split: str = "train", n_per_class: int = 32, clip_se
                                "n_per_class": n_per_class, "clip_seconds": clip_seconds, "seed": seed}
     if eval_per_class:
         metrics.update({f"test_{k}": v for k, v in measure_audio_classifier(
-            model, "test", eval_per_class, clip_seconds).items()})
+            model, "test", eval_per_class, clip_seconds, version=version).items()})
     metrics["seconds"] = time.perf_counter() - t0
     return model, metrics
 
@@ -700,9 +713,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="test clips per class measured after training (and for the card with --publish)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-music", action="store_true", help="sound-event classes only")
+    parser.add_argument("--data-version", type=int, default=1, choices=sorted(SHIPPED_CLASSIFIERS),
+                        help="course data version to train and measure on (1, the default; 2: SoundFont music and "
+                             f"v2 events, published as {SHIPPED_CLASSIFIERS[2]})")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: $COURSE_NUM_THREADS, else 1; see course_lib.runtime.configure_threads)")
-    parser.add_argument("--publish", action="store_true", help=f"write card.json + CARD.md (as {SHIPPED_CLASSIFIER})")
+    parser.add_argument("--publish", action="store_true",
+                        help="write card.json + CARD.md (as audio_classifier_course, or audio_classifier_v2 with "
+                             "--data-version 2)")
     parser.add_argument("--float32", action="store_true", help="with --publish: keep float32 weights")
     args = parser.parse_args(argv)
     configure_threads(args.threads)
@@ -710,22 +728,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                              clip_seconds=args.clip_seconds, seed=args.seed,
                                              music=not args.no_music,
                                              eval_per_class=0 if args.publish else args.eval_per_class,
-                                             progress=True)
+                                             progress=True, version=args.data_version)
     if args.publish:
         n_music = sum(c.startswith("music/") for c in model.classes)
+        settings = {"split": "test", "n_per_class": args.eval_per_class, "clip_seconds": args.clip_seconds}
+        if args.data_version != 1:  # version 1 cards keep their settings as they were
+            settings["version"] = args.data_version
+        data_name = ("the course's generated clips" if args.data_version == 1 else
+                     "the course's data version 2 (SoundFont music, several recipes per event class in a room)")
+        role = ("The course's audio classifier, the default embedding model of FAD" if args.data_version == 1 else
+                "The course's audio classifier for data version 2, the embedding model of FAD for models trained "
+                "on that data")
+        after = ("" if args.data_version == 1 else " The shipped generators, trained on version 1, are measured "
+                 "with audio_classifier_course.")
         card = publish_model(
-            model, args.out, name=SHIPPED_CLASSIFIER, model_class="course_lib.metrics.embeddings:CourseAudioClassifier",
-            description=(f"The course's audio classifier, the default embedding model of FAD (its {model.dim}-wide "
+            model, args.out, name=SHIPPED_CLASSIFIERS[args.data_version], model_class="course_lib.metrics.embeddings:CourseAudioClassifier",
+            description=(role + f" (its {model.dim}-wide "
                          f"penultimate layer) and KL (its softmax over {len(model.classes)} classes: "
                          f"{len(model.classes) - n_music} sound events + {n_music} music instruments): "
                          f"{len(model.config.channels)} 1-D conv blocks over a {model.config.n_mels}-band log-mel at "
-                         f"{model.sample_rate // 1000} kHz, mean + max pooling. Trained on the course's generated "
-                         "clips: its FAD and KL values are not comparable with the papers' VGGish / PANNs / PaSST ones."),
-            measure=measure_audio_classifier,
-            settings={"split": "test", "n_per_class": args.eval_per_class, "clip_seconds": args.clip_seconds},
+                         f"{model.sample_rate // 1000} kHz, mean + max pooling. Trained on {data_name}: its FAD "
+                         "and KL values are not comparable with the papers' VGGish / PANNs / PaSST ones." + after),
+            measure=measure_audio_classifier, settings=settings,
             command="python -m course_lib.metrics.embeddings " + " ".join(sys.argv[1:] if argv is None else argv),
             train_metrics=metrics, half=not args.float32,
-            data=(f"course generators, train split: {args.n_per_class} clips per class x {len(model.classes)} "
+            data=(f"{data_name.removeprefix('the ')}, train split: {args.n_per_class} clips per class x {len(model.classes)} "
                   f"classes, {args.clip_seconds} s at {model.sample_rate} Hz, indices from seed x 10^6; log-mels "
                   "rolled in time by a random number of frames (augmentation)"))
         metrics = {**metrics, **{f"test_{k}": v for k, v in card["evaluation"]["metrics"].items()}}

@@ -43,6 +43,9 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "audio_classifier_course": ("course_lib.metrics.embeddings:CourseAudioClassifier",
                                 "course_lib.metrics.embeddings:measure_audio_classifier"),
     "agreement_course": ("course_lib.metrics.agreement:AgreementModel", "course_lib.metrics.agreement:measure_agreement"),
+    "audio_classifier_v2": ("course_lib.metrics.embeddings:CourseAudioClassifier",
+                            "course_lib.metrics.embeddings:measure_audio_classifier"),
+    "agreement_v2": ("course_lib.metrics.agreement:AgreementModel", "course_lib.metrics.agreement:measure_agreement"),
 }
 
 

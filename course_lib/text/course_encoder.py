@@ -259,11 +259,15 @@ class CourseTextEncoder(TextEncoder):
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike | None = None, frozen: bool = True) -> CourseTextEncoder:
-        """Load a saved encoder (default: the shipped ``course_lib/pretrained/text_encoder_course``), frozen."""
+        """Load a saved encoder, frozen: ``folder`` (default: the shipped ``course_lib/pretrained/text_encoder_course``)
+        or the name of another shipped one (``"text_encoder_v2"``) when no such folder exists here."""
         from safetensors.torch import load_model
         from tokenizers import Tokenizer
 
         folder = Path(folder) if folder is not None else SHIPPED_DIR
+        shipped = SHIPPED_DIR.parent / folder.name
+        if not folder.exists() and len(folder.parts) == 1 and (shipped / "config.json").is_file():
+            folder = shipped
         needed = ("config.json", "model.safetensors", "tokenizer.json")
         missing = [f for f in needed if not (folder / f).is_file()]
         if missing:
