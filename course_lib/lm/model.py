@@ -78,14 +78,15 @@ def sinusoidal_embedding_t2t(positions: Tensor, dim: int, max_period: float = 10
 # Paper-scale settings, as keyword arguments of AudioLMConfig. Never build these on a laptop.
 PAPER_CONFIGS: dict[str, dict] = {
     # audiocraft's released AudioGen (audiogen-medium; code: config/model/lm/audiogen_lm.yaml, docs/AUDIOGEN.md):
-    # 1.5 B parameters, 48 layers, width 1536, 24 heads, MLP ×4, sinusoidal positions; 16 kHz codec with
+    # 1.5 B parameters, 48 layers, width 1536, 24 heads, MLP ×4, sinusoidal positions (audiocraft's
+    # create_sin_embedding, frequencies 10000^(-i/(half-1)): "sinusoidal_t2t"); 16 kHz codec with
     # 4 codebooks × 2048 at 50 frames/s; delay pattern [0, 1, 2, 3]; T5-large text (d_model 1024).
     # max_len 512 is chosen here (10 s at 50 frames/s + 3 delay steps = 503 steps).
     # Built with this module's architecture it has 1.76 B parameters (counted on the meta device), not the
     # card's 1.5 B: cross-attention here projects the 1024-wide T5 output inside every block, and
     # audiocraft's exact layer layout was not re-derived; quote the card's number as the card's.
     "audiogen-medium": dict(n_q=4, codebook_size=2048, dim=1536, num_layers=48, num_heads=24, text_dim=1024,
-                            max_len=512, dropout=0.0, pattern="delay", mlp_ratio=4.0, positional="sinusoidal"),
+                            max_len=512, dropout=0.0, pattern="delay", mlp_ratio=4.0, positional="sinusoidal_t2t"),
     # The paper's base (285 M) and large (1 B) models: their layer counts are not confirmed in
     # REFERENCE.md, so they are not given here.
 }
