@@ -6,6 +6,9 @@ copy goes to ``build/executed/`` and an HTML page to ``build/html/`` (its audio 
 wall time of each lesson, whether it passed, and the metrics it reported with
 :func:`course_lib.runtime.report_metrics`; the same table is written to ``build/summary.md`` and
 ``build/summary.json``. This is the course's benchmark: DESIGN.md's time budgets are read from it.
+
+The pages typeset their formulas offline: MathJax's files (from the ``jupyter-server-mathjax`` package, a
+dependency) are copied to ``build/mathjax/`` and every page loads them from there, not from a CDN.
 """
 
 from __future__ import annotations
@@ -35,12 +38,35 @@ def collect_metrics(nb) -> dict:
     return metrics
 
 
+MATHJAX_CONFIG = "TeX-AMS-MML_HTMLorMML-full,Safe"  # the configs jupyter-server-mathjax ships
+
+
+def install_mathjax(out_dir: Path) -> Path:
+    """Copy MathJax's files (the ``jupyter-server-mathjax`` package) to ``out_dir/mathjax`` once; return it."""
+    import shutil
+
+    import jupyter_server_mathjax
+
+    target = out_dir / "mathjax"
+    if not (target / "MathJax.js").is_file():
+        source = Path(jupyter_server_mathjax.__file__).parent / "static"
+        shutil.copytree(source, target, dirs_exist_ok=True)
+    return target
+
+
+def html_exporter():
+    """nbconvert's JupyterLab-style HTML exporter whose pages load MathJax from ``../mathjax/`` (the copy
+    :func:`install_mathjax` makes beside ``html/``), so formulas typeset without a network."""
+    from nbconvert import HTMLExporter
+
+    return HTMLExporter(template_name="lab", mathjax_url=f"../mathjax/MathJax.js?config={MATHJAX_CONFIG}")
+
+
 def run_notebook(path: Path, out_dir: Path, size: str, timeout: int) -> dict:
     """Execute one notebook in a fresh kernel, write the executed copy and its HTML; return a summary row."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError
-    from nbconvert import HTMLExporter
 
     nb = nbformat.read(path, as_version=4)
     os.environ["COURSE_RUN_SIZE"] = size  # the kernel inherits it
@@ -56,7 +82,8 @@ def run_notebook(path: Path, out_dir: Path, size: str, timeout: int) -> dict:
     (out_dir / "executed").mkdir(parents=True, exist_ok=True)
     (out_dir / "html").mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out_dir / "executed" / path.name)
-    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+    install_mathjax(out_dir)
+    body, _ = html_exporter().from_notebook_node(nb)
     (out_dir / "html" / path.with_suffix(".html").name).write_text(body, encoding="utf-8")
     return {"lesson": path.name, "seconds": round(seconds, 1), "ok": not error, "error": error,
             "metrics": collect_metrics(nb)}

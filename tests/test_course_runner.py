@@ -25,6 +25,10 @@ def test_runner_executes_renders_and_collects(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary[0]["ok"] and summary[0]["metrics"] == {"answer": 42, "size": "quick"}
     assert "| 00_tiny.ipynb |" in (out / "summary.md").read_text()
+    # formulas typeset offline: the page loads MathJax from the copy beside it, never from a CDN
+    assert 'src="../mathjax/MathJax.js?config=' in html and "libs/mathjax" not in html
+    assert (out / "mathjax" / "MathJax.js").is_file()
+    assert (out / "mathjax" / "config" / (course_runner.MATHJAX_CONFIG.split(",")[0] + ".js")).is_file()
 
 
 def test_runner_reports_a_failing_notebook(tmp_path):
