@@ -429,11 +429,14 @@ def play(wav: torch.Tensor, sample_rate: int = SAMPLE_RATE, normalize: bool = Fa
     return Audio(data=wav_bytes(wav, sample_rate, normalize), rate=sample_rate)
 
 
-def _player_html(label: str, data: bytes) -> str:
+def _player_html(label: str, data: bytes, seconds: float) -> str:
+    """One labelled player; the label states the clip's length, so it shows before the player is clicked
+    (``preload="metadata"`` also lets the browser show it in the player)."""
     src = "data:audio/wav;base64," + base64.b64encode(data).decode("ascii")
     return (f'<div style="display:inline-block;margin:4px 10px 4px 0;vertical-align:top">'
-            f'<div style="font:13px sans-serif;margin-bottom:2px">{html.escape(label)}</div>'
-            f'<audio controls preload="none" src="{src}" style="width:220px"></audio></div>')
+            f'<div style="font:13px sans-serif;margin-bottom:2px">{html.escape(label)} '
+            f'<span style="color:#777">({seconds:.1f} s)</span></div>'
+            f'<audio controls preload="metadata" src="{src}" style="width:220px"></audio></div>')
 
 
 def listen_panel(clips: Mapping[str, torch.Tensor], sample_rate: int = SAMPLE_RATE, normalize: bool = False):
@@ -447,7 +450,8 @@ def listen_panel(clips: Mapping[str, torch.Tensor], sample_rate: int = SAMPLE_RA
 
     if not clips:
         raise ValueError("listen_panel needs at least one clip")
-    players = [_player_html(label, wav_bytes(w, sample_rate, normalize)) for label, w in clips.items()]
+    players = [_player_html(label, wav_bytes(w, sample_rate, normalize), as_tensor(w).shape[-1] / sample_rate)
+               for label, w in clips.items()]
     return _ListeningPanel([widgets.HTML(value=p) for p in players], fallback_html="".join(players))
 
 

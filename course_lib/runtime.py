@@ -131,7 +131,15 @@ def report_metrics(**metrics: float | int | str | bool) -> dict:
             raise TypeError(f"metric {key!r} must be a number, string or bool, got {type(value).__name__}")
         clean[key] = round(value, 4) if isinstance(value, float) else value
     print(METRICS_PREFIX + json.dumps(clean, sort_keys=True))
-    return clean
+    return MetricsReport(clean)
+
+
+class MetricsReport(dict):
+    """The dict :func:`report_metrics` returns. Jupyter does not display it again when it is a cell's last
+    value: its numbers were just printed on the line above."""
+
+    def _ipython_display_(self) -> None:
+        pass
 
 
 def real_time_factor(synthesize: Callable[[], object], audio_seconds: float, repeats: int = 3,

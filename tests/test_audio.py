@@ -137,6 +137,8 @@ def test_listen_panel_plays_in_lab_and_in_html():
     html = bundle["text/html"]
     assert html.count("<audio") == 2 and "data:audio/wav;base64," in html
     assert "two &lt;b&gt;" in html  # labels are escaped
+    n = sine().shape[-1]
+    assert html.count(f"({n / A.SAMPLE_RATE:.1f} s)") == 2 and 'preload="metadata"' in html  # length shown unclicked
     player = A.play(sine())
     assert player.data[:4] == b"RIFF"
     with pytest.raises(ValueError, match="at least one"):

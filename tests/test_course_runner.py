@@ -22,6 +22,7 @@ def test_runner_executes_renders_and_collects(tmp_path):
     assert course_runner.main(["--out", str(out), "--size", "quick", str(path)]) == 0
     html = (out / "html" / "00_tiny.html").read_text()
     assert html.count("<audio") == 2 and "data:audio/wav;base64," in html
+    assert "{&#x27;answer&#x27;: 42" not in html and "{'answer': 42" not in html  # metrics printed once, not echoed
     summary = json.loads((out / "summary.json").read_text())
     assert summary[0]["ok"] and summary[0]["metrics"] == {"answer": 42, "size": "quick"}
     assert "| 00_tiny.ipynb |" in (out / "summary.md").read_text()
