@@ -10,6 +10,11 @@
   (the same-size AR baseline over the same tokens, CFG 3, top-p 0.86) and ``noise2music`` (the 1-D U-Net
   diffusion cascade, each stage's own steps and guidance) and ``noise2music_low`` (the cascade's generator alone,
   its 3.2 kHz audio measured after plain sinc upsampling: what the cascader adds, or takes away);
+* **released systems** (:data:`RELEASED_SYSTEMS`, only when their weights are on this machine): ``musicgen``, the
+  released MusicGen-small (``facebook/musicgen-small``) converted into the course (:mod:`course_lib.released`: its
+  decoder as an ``AudioLM``, its 32 kHz EnCodec as a ``Codec``, its T5) and sampled by the course's sampler (delay
+  pattern, CFG 3, top-k 250), on the music prompts. Asked for but absent, it is skipped with a note in the table
+  saying how to get it; nothing is downloaded;
 * **reference rows**: ``real_events`` / ``real_music``, the prompts' own real clips (the ceiling of every
   column). FAD is measured against a *second*, disjoint real draw of ``n`` test clips from index
   :func:`reference_start` (the first multiple of 12 ≥ n: the same mix of event classes and instruments, which
@@ -22,14 +27,21 @@
   (wall clock of the pipeline's ``generate`` call only, text in to audio out, per second of audio, on this
   machine with ``num_threads`` torch threads), ``params_model`` (the generative model(s)), ``params_total``
   (+ codec / VQ-VAE / vocoder / text encoder) and ``steps`` (sequential decoding steps per second of audio
-  for the LMs, ``"…/s"``; reverse steps for diffusion, ``"25+25"`` for the cascade).
+  for the LMs, ``"…/s"``; reverse steps for diffusion, ``"25+25"`` for the cascade);
+* **the real-CLAP column** (``clap=True``; :data:`CLAP_COLUMN`): the mean CLAP score of each clip with its own
+  caption, by the released ``laion/clap-htsat-unfused`` (:func:`course_lib.released.load_clap`), next to the
+  course's ``agreement``; when its weights are absent the column is left out and the table's notes say so.
 
 FAD, KL and agreement use the course's own models (``audio_classifier_course``, ``agreement_course``): the
 numbers compare the rows of one table, never with the papers' VGGish / PaSST / CLAP numbers. Everything is
 measured at 16 kHz (a pipeline at another rate is resampled). Deterministic for a fixed seed, except the
 timing column. One command runs it::
 
-    python -m course_lib.compare --out build/compare [--size quick] [--systems audiogen,diffsound]
+    python -m course_lib.compare --out build/compare [--size quick] [--systems audiogen,diffsound] [--no-clap]
+
+The command asks for every system, ``musicgen`` included, and for the CLAP column; each released model is found
+by :func:`course_lib.released.find_weights` (``$COURSE_MUSICGEN`` / ``$COURSE_CLAP``: a folder or a hub name, else
+the Hugging Face cache) or skipped with a note.
     make compare [COMPARE_ARGS="--size quick"]
 """
 
@@ -52,8 +64,8 @@ from torch import Tensor
 
 from course_lib.runtime import RUN_SIZES, configure_threads, run_size
 
-__all__ = ["SYSTEMS", "DOMAINS", "COLUMNS", "SIZES", "MEASURE_RATE", "ComparisonResult", "compare_models",
-           "reference_start", "main"]
+__all__ = ["SYSTEMS", "RELEASED_SYSTEMS", "DOMAINS", "COLUMNS", "CLAP_COLUMN", "SIZES", "MEASURE_RATE",
+           "ComparisonResult", "compare_models", "reference_start", "main"]
 
 MEASURE_RATE = 16_000  # every metric reads 16 kHz audio
 DOMAINS = ("events", "music")
@@ -72,11 +84,19 @@ SYSTEMS: dict[str, dict[str, Any]] = {
     "noise2music_low": {"domain": "music", "settings": {},
                         "what": "Noise2Music's generator alone: its 3.2 kHz output sinc-upsampled, no cascader"},
 }
+# Released systems: measured only when their weights are on this machine (course_lib.released), else skipped.
+RELEASED_SYSTEMS: dict[str, dict[str, Any]] = {
+    "musicgen": {"domain": "music", "settings": {"cfg_scale": 3.0, "top_k": 250, "temperature": 1.0},
+                 "what": "MusicGen-small (facebook/musicgen-small) converted into the course: AudioLM + Codec + T5, "
+                         "sampled by the course's sampler (delay pattern)"},
+}
+_ALL_SYSTEMS = {**SYSTEMS, **RELEASED_SYSTEMS}
 
 COLUMNS = ("system", "domain", "n_prompts", "audio_seconds", "fad", "kl", "agreement", "class_accuracy",
            "count_accuracy", "pitch_band_accuracy", "tempo_accuracy", "mode_accuracy", "instrument_accuracy",
            "seconds_per_audio_second", "params_model", "params_total", "steps")
 TIMING_COLUMNS = ("seconds_per_audio_second",)
+CLAP_COLUMN = "clap"  # the real CLAP score, a column only when clap=True and its weights are found
 _EVENT_RATES = ("class_accuracy", "count_accuracy", "pitch_band_accuracy")
 _MUSIC_RATES = ("tempo_accuracy", "mode_accuracy", "instrument_accuracy")
 
@@ -119,7 +139,9 @@ class ComparisonResult:
     column does not apply, e.g. music probes on a sound-event row, or timing on a real row). ``audio``:
     system → ``(N, T)`` float32 clips at ``sample_rates[system]`` Hz (the real rows too). ``prompts``:
     domain → the ``N`` captions. ``settings``: how it was run (what ``settings.json`` holds).
-    ``run_seconds``: wall-clock time of the whole comparison.
+    ``run_seconds``: wall-clock time of the whole comparison. ``columns``: the keys of each row, :data:`COLUMNS`
+    plus :data:`CLAP_COLUMN` when the real CLAP score was measured. ``skipped``: what was asked for but not run
+    (``"musicgen"``, ``"clap"``) → why, and how to get it.
     """
 
     rows: list[dict[str, Any]]
@@ -128,6 +150,8 @@ class ComparisonResult:
     prompts: dict[str, list[str]]
     settings: dict[str, Any] = field(default_factory=dict)
     run_seconds: float = 0.0
+    columns: tuple[str, ...] = COLUMNS
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def row(self, system: str) -> dict[str, Any]:
         """The row of ``system`` (a name of :attr:`rows`); ``KeyError`` lists the names there are."""
@@ -139,13 +163,14 @@ class ComparisonResult:
     def markdown(self, columns: Sequence[str] | None = None) -> str:
         """The table as markdown (one line per row), with a note on what the numbers can be compared with.
 
-        ``columns``: which of :data:`COLUMNS` to show, in that order (None: all 17, which is wide; a notebook
-        may show fewer)."""
-        columns = COLUMNS if columns is None else tuple(columns)
-        unknown = [c for c in columns if c not in COLUMNS]
+        ``columns``: which of :attr:`columns` to show, in that order (None: all 17, or 18 with the CLAP column,
+        which is wide; a notebook may show fewer). Released systems or a CLAP column that were asked for but skipped
+        get a note each, with the command that fetches their weights."""
+        columns = self.columns if columns is None else tuple(columns)
+        unknown = [c for c in columns if c not in self.columns]
         if unknown or not columns:
             problem = f"unknown columns {unknown}" if unknown else "name at least one column"
-            raise ValueError(f"markdown(columns=...): {problem}; the columns are {COLUMNS}")
+            raise ValueError(f"markdown(columns=...): {problem}; the columns are {self.columns}")
         lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         lines += ["| " + " | ".join(_fmt(r[c]) for c in columns) + " |" for r in self.rows]
         s = self.settings
@@ -162,17 +187,25 @@ class ComparisonResult:
             f"FAD is always against a second real draw with the same class mix (test clips {s.get('fad_reference')}),"
             " so the real row's FAD is the floor at this n; its KL is 0 by construction (each clip against itself).",
         ]
+        released = s.get("released", {})
+        if "musicgen" in released:
+            notes.append(f"`musicgen` row: {released['musicgen']}, converted into the course (AudioLM + Codec + T5) "
+                         "and sampled by the course's sampler; its 32 kHz audio is measured at 16 kHz.")
+        if CLAP_COLUMN in self.columns:
+            notes.append(f"`clap` ↑: the mean CLAP score of each clip with its own caption, by {released.get('clap')} "
+                         "(a real CLAP, but on synthetic course audio and captions: not the papers' setting).")
+        notes += [f"Skipped `{name}`: {why}" for name, why in self.skipped.items()]
         return "\n".join(lines + notes) + "\n"
 
     def to_csv(self, path: str | os.PathLike) -> Path:
-        """Write :attr:`rows` as CSV (header :data:`COLUMNS`; empty cells where a column does not apply)."""
+        """Write :attr:`rows` as CSV (header :attr:`columns`; empty cells where a column does not apply)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer = csv.DictWriter(f, fieldnames=self.columns)
             writer.writeheader()
             for r in self.rows:
-                writer.writerow({c: "" if r[c] is None else r[c] for c in COLUMNS})
+                writer.writerow({c: "" if r[c] is None else r[c] for c in self.columns})
         return path
 
     def plot(self):
@@ -226,7 +259,7 @@ class ComparisonResult:
         self.to_csv(out / "comparison.csv")
         self.plot().savefig(out / "comparison.png", dpi=120)
         settings = {**self.settings, "run_seconds": round(self.run_seconds, 2), "prompts": self.prompts,
-                    "sample_rates": self.sample_rates}
+                    "sample_rates": self.sample_rates, "skipped": self.skipped}
         (out / "settings.json").write_text(json.dumps(settings, indent=2))
         return out
 
@@ -234,10 +267,16 @@ class ComparisonResult:
 # ---- loading and checking the systems ----------------------------------------------------------------------------
 
 
-def _load_system(name: str) -> Any:
-    """The shipped pipeline of ``name`` (:data:`SYSTEMS`), on the CPU."""
+def _load_system(name: str, weights: Any = None) -> Any:
+    """The shipped pipeline of ``name`` (:data:`SYSTEMS`), on the CPU; for a released system
+    (:data:`RELEASED_SYSTEMS`) the pipeline converted from ``weights`` (a :class:`course_lib.released.Weights`)."""
     from course_lib.pipelines import AudioGenPipeline, DiffsoundPipeline, Noise2MusicPipeline
 
+    if name == "musicgen":
+        from course_lib.released import load_musicgen
+
+        pipe, _ = load_musicgen(weights)  # transformers' model is dropped: the pipeline shares only its T5
+        return pipe
     if name == "audiogen":
         return AudioGenPipeline.from_pretrained()
     if name == "diffsound":
@@ -261,8 +300,9 @@ def _check_pipeline(name: str, pipe: Any) -> None:
     """Raise ``TypeError`` if ``pipe`` is not the kind of pipeline system ``name`` is."""
     from course_lib.pipelines import AudioGenPipeline, DiffsoundPipeline, Noise2MusicPipeline
 
-    want = {"audiogen": AudioGenPipeline, "diffsound": DiffsoundPipeline, "diffsound_ar": DiffsoundPipeline,
-            "noise2music": Noise2MusicPipeline, "noise2music_low": Noise2MusicPipeline}[name]
+    want = {"audiogen": AudioGenPipeline, "musicgen": AudioGenPipeline, "diffsound": DiffsoundPipeline,
+            "diffsound_ar": DiffsoundPipeline, "noise2music": Noise2MusicPipeline,
+            "noise2music_low": Noise2MusicPipeline}[name]
     if not isinstance(pipe, want):
         raise TypeError(f"pipelines[{name!r}] must be an instance of {want.__name__}, got a {type(pipe).__name__}")
     if name == "diffsound" and pipe.is_autoregressive:
@@ -300,7 +340,7 @@ def _count(*modules: Any) -> int:
 
 def _params(name: str, pipe: Any) -> tuple[int, int]:
     """``(params_model, params_total)`` of a pipeline: the generative model(s), and everything it holds."""
-    if name == "audiogen":
+    if name in ("audiogen", "musicgen"):
         return _count(pipe.lm), _count(pipe.lm, pipe.codec, pipe.text_encoder)
     if name in ("diffsound", "diffsound_ar"):
         return _count(pipe.decoder), _count(pipe.decoder, pipe.vqvae, pipe.vocoder, pipe.text_encoder)
@@ -311,7 +351,7 @@ def _params(name: str, pipe: Any) -> tuple[int, int]:
 
 def _steps(name: str, pipe: Any, seconds: float, settings: Mapping[str, Any]) -> str:
     """Sequential steps: decoding steps per second of audio for the LMs, reverse steps for diffusion."""
-    if name == "audiogen":
+    if name in ("audiogen", "musicgen"):
         return f"{round(pipe.lm.pattern.seq_len(pipe.num_frames(seconds)) / seconds, 1):g}/s"
     if name == "diffsound_ar":
         return f"{round(pipe.grid_rows * pipe.num_cols(seconds) / seconds, 1):g}/s"
@@ -358,6 +398,8 @@ def _measure(audio: Tensor, domain: str, ctx: dict[str, Any]) -> dict[str, Any]:
         "kl": _clean(paired_kl(d["real_proba"], embedder.predict_proba(audio, MEASURE_RATE)), 4),
         "agreement": _clean(agreement_score(agreement, audio, d["captions"], MEASURE_RATE).mean(), 4),
     }
+    if ctx.get("clap") is not None:
+        out[CLAP_COLUMN] = _clean(agreement_score(ctx["clap"], audio, d["captions"], MEASURE_RATE).mean(), 4)
     if domain == "events":
         rates = adherence_rates(audio[:, None], MEASURE_RATE, d["clips"], d["probe"])
     else:
@@ -408,14 +450,39 @@ def _check_systems(systems: Any) -> list[str]:
     if isinstance(systems, str):
         systems = [s for s in systems.split(",") if s.strip()]
     if not isinstance(systems, (list, tuple)) or not systems:
-        raise ValueError(f"systems must be a non-empty list of names from {list(SYSTEMS)}, got {systems!r}")
+        raise ValueError(f"systems must be a non-empty list of names from {list(_ALL_SYSTEMS)}, got {systems!r}")
     names = [str(s).strip() for s in systems]
-    unknown = [s for s in names if s not in SYSTEMS]
+    unknown = [s for s in names if s not in _ALL_SYSTEMS]
     if unknown:
-        raise ValueError(f"unknown system(s) {unknown}; valid systems: {list(SYSTEMS)}")
+        raise ValueError(f"unknown system(s) {unknown}; valid systems: {list(_ALL_SYSTEMS)}")
     if len(set(names)) != len(names):
         raise ValueError(f"systems lists a name twice: {names}")
     return names
+
+
+def _find_released(names: Sequence[str], pipelines: Mapping[str, Any], clap: bool,
+                   released: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
+    """``(weights, skipped, provenance)`` for the released models asked for: ``"musicgen"`` in ``names`` without
+    a pipeline given, and ``"clap"`` when ``clap``. ``weights``: name → found :class:`course_lib.released.Weights`;
+    ``skipped``: name → why not, with the command that fetches it; ``provenance``: name → what was used."""
+    from course_lib.released import ENV_VARS, RELEASED, download_command, find_weights
+
+    released = dict(released or {})
+    bad = sorted(set(released) - {"musicgen", "clap"})
+    if bad:
+        raise ValueError(f"released has unknown name(s) {bad}; it takes 'musicgen' and 'clap' (a folder or hub name)")
+    wanted = [n for n in ("musicgen",) if n in names and n not in pipelines] + (["clap"] if clap else [])
+    found = find_weights({n: released.get(n) for n in wanted}, names=wanted) if wanted else {}
+    weights, skipped, provenance = {}, {}, {}
+    for name, w in found.items():
+        if w.found:
+            weights[name], provenance[name] = w, f"`{w.source}` ({w.note})"
+        else:
+            skipped[name] = (f"{w.note}; get {RELEASED[name]} with `{download_command([name])}` (or name a local "
+                             f"folder in ${ENV_VARS[name]})")
+    if "musicgen" in names and "musicgen" in pipelines:
+        provenance["musicgen"] = "the pipeline passed in `pipelines`"
+    return weights, skipped, provenance
 
 
 def compare_models(systems: Sequence[str] = ("audiogen", "diffsound", "diffsound_ar", "noise2music", "noise2music_low"),
@@ -423,7 +490,8 @@ def compare_models(systems: Sequence[str] = ("audiogen", "diffsound", "diffsound
                    pipelines: Mapping[str, Any] | None = None, *, event_seconds: float | None = None,
                    music_seconds: float | None = None, settings: Mapping[str, Mapping[str, Any]] | None = None,
                    batch_size: int = BATCH_SIZE, num_threads: int | None = 1, embedder: Any = "course",
-                   agreement_model: Any = "course") -> ComparisonResult:
+                   agreement_model: Any = "course", clap: bool = False,
+                   released: Mapping[str, str | os.PathLike | None] | None = None) -> ComparisonResult:
     """Generate one held-out prompt set per domain with each system and measure every result the same way.
 
     ``systems``: names from :data:`SYSTEMS` (sound events: ``audiogen``, ``diffsound``, ``diffsound_ar``;
@@ -437,8 +505,17 @@ def compare_models(systems: Sequence[str] = ("audiogen", "diffsound", "diffsound
     seeded ``seed + b``; ``num_threads`` torch threads while it runs (restored after; None = unchanged).
     ``embedder`` / ``agreement_model``: specs for :func:`~course_lib.metrics.embeddings.load_audio_embedder`
     (needs ``predict_proba`` for KL) and :func:`~course_lib.metrics.agreement.load_agreement_model`.
-    ``progress``: a tqdm bar over (system, batch). Returns a :class:`ComparisonResult`; the same arguments
-    give the same numbers, except ``seconds_per_audio_second``.
+    ``progress``: a tqdm bar over (system, batch).
+
+    Released models (:mod:`course_lib.released`; nothing is downloaded): ``"musicgen"`` in ``systems`` adds the
+    row of MusicGen-small converted into the course and sampled by the course's sampler (music prompts);
+    ``clap=True`` adds the column :data:`CLAP_COLUMN`, the real CLAP score. Their weights are found by
+    :func:`course_lib.released.find_weights` from ``released`` (``{"musicgen": folder or hub name, "clap": ...}``;
+    missing keys: ``$COURSE_MUSICGEN`` / ``$COURSE_CLAP``, then the Hugging Face cache); a pipeline in
+    ``pipelines["musicgen"]`` is used as it is. Whatever is not found is skipped, and
+    :attr:`ComparisonResult.skipped` (and the markdown's notes) say why and how to get it.
+    Returns a :class:`ComparisonResult`; the same arguments give the same numbers, except
+    ``seconds_per_audio_second``.
     """
     from tqdm.auto import tqdm
 
@@ -460,36 +537,43 @@ def compare_models(systems: Sequence[str] = ("audiogen", "diffsound", "diffsound
     _positive_int(seed, "seed", 0)
     batch_size = _positive_int(batch_size, "batch_size")
     pipelines = dict(pipelines or {})
-    bad = [k for k in pipelines if k not in SYSTEMS]
+    bad = [k for k in pipelines if k not in _ALL_SYSTEMS]
     if bad:
-        raise ValueError(f"pipelines has unknown system name(s) {bad}; valid systems: {list(SYSTEMS)}")
+        raise ValueError(f"pipelines has unknown system name(s) {bad}; valid systems: {list(_ALL_SYSTEMS)}")
     for name in names:
         if name in pipelines:
             _check_pipeline(name, pipelines[name])
     overrides = {k: dict(v) for k, v in (settings or {}).items()}
-    bad = [k for k in overrides if k not in SYSTEMS]
+    bad = [k for k in overrides if k not in _ALL_SYSTEMS]
     if bad:
-        raise ValueError(f"settings has unknown system name(s) {bad}; valid systems: {list(SYSTEMS)}")
-    gen_settings = {name: {**SYSTEMS[name]["settings"], **overrides.get(name, {})} for name in names}
-    domains = [d for d in DOMAINS if any(SYSTEMS[s]["domain"] == d for s in names)]
+        raise ValueError(f"settings has unknown system name(s) {bad}; valid systems: {list(_ALL_SYSTEMS)}")
+    weights, skipped, provenance = _find_released(names, pipelines, clap, released)
+    names = [name for name in names if name not in skipped]
+    gen_settings = {name: {**_ALL_SYSTEMS[name]["settings"], **overrides.get(name, {})} for name in names}
+    domains = [d for d in DOMAINS if any(_ALL_SYSTEMS[s]["domain"] == d for s in names)]
 
     threads_before = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(_positive_int(num_threads, "num_threads"))
     try:
         with torch.no_grad():
-            pipes = {name: pipelines[name] if name in pipelines else _load_system(name) for name in names}  # fail fast
+            pipes = {name: pipelines[name] if name in pipelines else _load_system(name, weights.get(name))
+                     for name in names}  # fail fast
             for name in names:
                 _check_settings(name, pipes[name], gen_settings[name])
             emb = load_audio_embedder(embedder)
             ctx: dict[str, Any] = {"embedder": emb, "agreement": load_agreement_model(agreement_model)}
+            if "clap" in weights:
+                from course_lib.released import load_clap
+
+                ctx["clap"] = load_clap(weights["clap"])
             for domain in domains:
                 ctx[domain] = _domain_context(domain, n, seconds[domain], emb)
             n_batches = math.ceil(n / batch_size)
             bar = tqdm(total=n_batches * len(names), disable=not progress, desc="compare", leave=False)
             rows, audio, rates = {}, {}, {}
             for name in names:
-                domain = SYSTEMS[name]["domain"]
+                domain = _ALL_SYSTEMS[name]["domain"]
                 d, secs, kwargs = ctx[domain], seconds[domain], gen_settings[name]
                 pipe = pipes[name]
                 generate, rate = _generate_fn(name, pipe)
@@ -522,8 +606,9 @@ def compare_models(systems: Sequence[str] = ("audiogen", "diffsound", "diffsound
 
     ordered = []
     for domain in domains:
-        ordered += [name for name in names if SYSTEMS[name]["domain"] == domain] + [REAL_ROWS[domain]]
-    table = [{c: rows[name].get(c) for c in COLUMNS} for name in ordered]
+        ordered += [name for name in names if _ALL_SYSTEMS[name]["domain"] == domain] + [REAL_ROWS[domain]]
+    columns = COLUMNS + ((CLAP_COLUMN,) if "clap" in ctx else ())
+    table = [{c: rows[name].get(c) for c in columns} for name in ordered]
     run_settings = {
         "systems": names, "size": size, "n_prompts": n, "event_seconds": seconds["events"],
         "music_seconds": seconds["music"], "seed": seed, "batch_size": batch_size,
@@ -532,20 +617,23 @@ def compare_models(systems: Sequence[str] = ("audiogen", "diffsound", "diffsound
         "prompts_from": f"test split, clips 0…{n - 1}",
         "fad_reference": f"{reference_start(n)}…{reference_start(n) + n - 1}",
         "embedder": str(embedder), "agreement_model": str(agreement_model), "measure_rate": MEASURE_RATE,
+        "released": provenance,
         "machine": f"{platform.machine()} {platform.system()}, torch {torch.__version__}",
     }
     return ComparisonResult(rows=table, audio={k: audio[k] for k in ordered},
                             sample_rates={k: rates[k] for k in ordered},
                             prompts={d: list(ctx[d]["captions"]) for d in domains}, settings=run_settings,
-                            run_seconds=time.perf_counter() - t_start)
+                            run_seconds=time.perf_counter() - t_start, columns=columns, skipped=skipped)
 
 
 # ---- command line ------------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> ComparisonResult:
-    """``python -m course_lib.compare --out DIR [--size quick|default] [--systems a,b] [--n-prompts N] [--seed S]``:
-    run :func:`compare_models`, print the markdown table and the total run time, write the files into ``DIR``."""
+    """``python -m course_lib.compare --out DIR [--size quick|default] [--systems a,b] [--n-prompts N] [--seed S]
+    [--no-clap]``: run :func:`compare_models` (by default every system, ``musicgen`` included, and the real-CLAP
+    column, each skipped with a note where its weights are not on this machine), print the markdown table and the
+    total run time, write the files into ``DIR``."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m course_lib.compare",
@@ -553,7 +641,12 @@ def main(argv: list[str] | None = None) -> ComparisonResult:
                                                  "FAD, KL, agreement, probe adherence, time, parameters and steps.")
     parser.add_argument("--out", required=True, help="folder for comparison.md/.csv/.png and settings.json")
     parser.add_argument("--size", choices=RUN_SIZES, default=None, help="default: $COURSE_RUN_SIZE, else 'default'")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated, from {','.join(SYSTEMS)}")
+    parser.add_argument("--systems", default=",".join(_ALL_SYSTEMS),
+                        help=f"comma-separated, from {','.join(_ALL_SYSTEMS)} (musicgen only where its weights are "
+                             "found: $COURSE_MUSICGEN or the Hugging Face cache; else skipped with a note)")
+    parser.add_argument("--no-clap", action="store_true",
+                        help="leave out the real-CLAP column (by default measured where laion/clap-htsat-unfused is "
+                             "found: $COURSE_CLAP or the Hugging Face cache; else skipped with a note)")
     parser.add_argument("--n-prompts", type=int, default=None, help="prompts per domain (>= 2)")
     parser.add_argument("--event-seconds", type=float, default=None)
     parser.add_argument("--music-seconds", type=float, default=None)
@@ -565,7 +658,8 @@ def main(argv: list[str] | None = None) -> ComparisonResult:
     try:
         result = compare_models(args.systems, n_prompts=args.n_prompts, size=args.size, seed=args.seed,
                                 progress=not args.no_progress, event_seconds=args.event_seconds,
-                                music_seconds=args.music_seconds, num_threads=configure_threads(args.threads))
+                                music_seconds=args.music_seconds, num_threads=configure_threads(args.threads),
+                                clap=not args.no_clap)
     except (ValueError, TypeError, FileNotFoundError) as err:
         parser.exit(2, f"error: {err}\n")
     out = result.save(args.out)

@@ -231,3 +231,66 @@ def test_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         compare.main(["--out", str(tmp_path / "bad"), "--systems", "audiogen,nope"])
     assert exit_info.value.code == 2 and "valid systems" in capsys.readouterr().err
+
+
+# ---- released systems: MusicGen-small and the real CLAP column (course_lib.released) --------------------------------
+
+
+def test_released_systems_absent_are_skipped_with_a_note(n2m, tmp_path):
+    """No weights for MusicGen or CLAP (folders that do not exist): the rest is measured, the table says what was
+    skipped and how to get it, and the columns stay :data:`COLUMNS`."""
+    nowhere = tmp_path / "no_weights_here"
+    out = run({"noise2music": n2m}, systems=["noise2music", "musicgen"], clap=True,
+              released={"musicgen": nowhere, "clap": nowhere})
+    assert [r["system"] for r in out.rows] == ["noise2music", "real_music"]
+    assert out.columns == COLUMNS and all(tuple(r) == COLUMNS for r in out.rows)
+    assert set(out.skipped) == {"musicgen", "clap"}
+    assert all("no such folder" in why and "snapshot_download" in why for why in out.skipped.values())
+    md = out.markdown()
+    assert "Skipped `musicgen`: no such folder" in md and "Skipped `clap`" in md and "facebook/musicgen-small" in md
+    assert out.settings["systems"] == ["noise2music"]
+    saved = json.loads((out.save(tmp_path / "cmp") / "settings.json").read_text())
+    assert set(saved["skipped"]) == {"musicgen", "clap"}
+    with pytest.raises(ValueError, match="released has unknown name"):
+        run({"noise2music": n2m}, systems=["noise2music"], released={"encodec": nowhere})
+
+
+def test_command_line_skips_released_models_it_cannot_find(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COURSE_MUSICGEN", str(tmp_path / "none"))
+    monkeypatch.setenv("COURSE_CLAP", str(tmp_path / "none"))
+    out = compare.main(["--out", str(tmp_path / "cli"), "--systems", "musicgen", "--n-prompts", "2",
+                        "--music-seconds", "1", "--no-progress"])
+    printed = capsys.readouterr().out
+    assert out.rows == [] and "Skipped `musicgen`" in printed and "Skipped `clap`" in printed
+    assert "musicgen" in compare._ALL_SYSTEMS and "musicgen" not in compare.SYSTEMS  # lesson 08 loops over SYSTEMS
+
+
+def test_released_musicgen_row_and_clap_column_with_saved_models(n2m, tmp_path):
+    """MusicGen and CLAP present: tiny random ``transformers`` checkpoints saved with ``save_pretrained``
+    (course_lib.released.save_stand_ins) stand where facebook/musicgen-small and laion/clap-htsat-unfused would."""
+    from course_lib.metrics.agreement import agreement_score
+    from course_lib.released import load_clap, load_musicgen, save_stand_ins
+
+    folders = save_stand_ins(tmp_path / "weights", ["musicgen", "clap"])
+    out = run({"noise2music": n2m}, systems=["noise2music", "musicgen"], clap=True, released=folders)
+    assert [r["system"] for r in out.rows] == ["noise2music", "musicgen", "real_music"] and not out.skipped
+    assert out.columns == (*COLUMNS, compare.CLAP_COLUMN)
+    assert all(tuple(r) == out.columns and -1.0 <= r["clap"] <= 1.0 for r in out.rows)
+    pipe, _ = load_musicgen(folders["musicgen"])
+    row = out.row("musicgen")
+    assert out.sample_rates["musicgen"] == 32_000 and out.audio["musicgen"].shape == (N, 32_000)
+    assert row["params_model"] == sum(p.numel() for p in pipe.lm.parameters()) < row["params_total"]
+    assert row["steps"] == f"{pipe.lm.pattern.seq_len(pipe.num_frames(SECONDS)) / SECONDS:g}/s" == "53/s"
+    assert math.isfinite(row["fad"]) and row["instrument_accuracy"] is not None
+    assert out.settings["generation"]["musicgen"] == {"cfg_scale": 3.0, "top_k": 250, "temperature": 1.0}
+    assert str(folders["musicgen"]) in out.settings["released"]["musicgen"]
+    expected = pipe.generate(out.prompts["music"], seconds=SECONDS, seed=0, cfg_scale=3.0, top_k=250)
+    assert torch.equal(out.audio["musicgen"], expected.reshape(N, -1))  # the course sampler, as the harness ran it
+    clap = load_clap(folders["clap"])
+    real = out.audio["real_music"]
+    assert out.row("real_music")["clap"] == pytest.approx(
+        float(agreement_score(clap, real, out.prompts["music"], 16_000).mean()), abs=1e-4)
+    md = out.markdown()
+    assert md.splitlines()[0].endswith("| steps | clap |") and "`clap` ↑" in md and "`musicgen` row" in md
+    with (out.save(tmp_path / "cmp") / "comparison.csv").open() as f:
+        assert tuple(next(csv.reader(f))) == out.columns
