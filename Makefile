@@ -14,8 +14,12 @@ LAB_OPEN := --ServerApp.root_dir="$(CURDIR)" --ServerApp.default_url=/lab/tree/$
 LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 # Extra arguments for the comparison harness, e.g. make compare COMPARE_ARGS="--size quick --systems audiogen,diffsound"
 COMPARE_ARGS ?=
+# Extra arguments for the GPU smoke test, e.g. make gpu-smoke GPU_SMOKE_ARGS="--steps 40 --families audiogen,codec";
+# GPU_SMOKE_COMPILE=1 trains with torch.compile.
+GPU_SMOKE_ARGS ?=
+GPU_SMOKE_COMPILE ?=
 
-.PHONY: help install check lab lab-headless test test-float-path-avx2 test-float-path-default lint exercises exercises-check grade course compare strip clean
+.PHONY: help install check lab lab-headless test test-float-path-avx2 test-float-path-default lint exercises exercises-check grade course compare gpu-smoke strip clean
 
 help:
 	@echo "make lab           set up (first time) and open JupyterLab on lesson 00"
@@ -27,6 +31,8 @@ help:
 	@echo "make course        run every lesson at default size, render HTML under build/, print timings"
 	@echo "make compare       every shipped model on the same held-out prompts: table + plot under build/compare"
 	@echo "                   [COMPARE_ARGS=\"--size quick\"]"
+	@echo "make gpu-smoke     every family's paper config a few steps on one CUDA GPU: steps/s, peak memory,"
+	@echo "                   parameters, exact resume [GPU_SMOKE_ARGS=\"--steps 40\"] [GPU_SMOKE_COMPILE=1]"
 	@echo "make strip         remove outputs from notebooks before committing"
 
 $(STAMP): pyproject.toml
@@ -80,6 +86,10 @@ course: $(STAMP)
 
 compare: $(STAMP)
 	$(PY) -m course_lib.compare --out build/compare $(COMPARE_ARGS)
+
+# Not part of `make test`: it needs a CUDA GPU (without one it stops at once with an error line, status 2).
+gpu-smoke: $(STAMP)
+	$(PY) -m course_lib.train.gpu_smoke $(if $(filter 1 true yes on,$(GPU_SMOKE_COMPILE)),--compile,) $(GPU_SMOKE_ARGS)
 
 strip: $(STAMP)
 	$(PY) -m course_lib.course_runner --strip

@@ -231,3 +231,23 @@ def test_files_at_another_rate_are_resampled_on_load(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(TrainingError, match="data.source .*empty.*, split 'train': no captioned data"):
         train("mel_autoencoder", tiny(tmp_path, f"data.source={tmp_path / 'empty'}", name="r2"))
+
+
+def test_log_lines_go_to_stderr_in_a_terminal_and_stdout_in_a_notebook(monkeypatch):
+    import sys
+    import types
+
+    from course_lib.train import engine
+
+    monkeypatch.delitem(sys.modules, "IPython", raising=False)
+    assert engine._log_stream() is sys.stderr  # the CLI's stdout is its JSON summary
+
+    class ZMQInteractiveShell:  # the shell of a Jupyter kernel
+        pass
+
+    class TerminalInteractiveShell:  # plain ipython in a terminal
+        pass
+
+    for shell, stream in ((ZMQInteractiveShell(), sys.stdout), (TerminalInteractiveShell(), sys.stderr)):
+        monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda s=shell: s))
+        assert engine._log_stream() is stream  # a notebook shows stderr as a pink error box

@@ -1,10 +1,11 @@
 """The one training engine every model family of the course is trained with.
 
 :class:`Trainer` runs the loop that is the same for every model: data (a ``DistributedSampler`` shard per
-process, resumable mid-epoch), AdamW with linear warmup and cosine/constant decay, gradient accumulation
-and clipping, autocast (bf16, or fp16 with a ``GradScaler``) on GPU and fp32 on CPU, an optional EMA of
-the weights, opt-in ``torch.compile``, DDP under ``torchrun``, atomic checkpoints with exact resume,
-tqdm/TensorBoard/JSONL logging, periodic evaluation with audio samples, and a final ``summary.json``.
+process, resumable mid-epoch), AdamW (torch's fused kernel on request: ``Trainer(..., fused_adamw=True)``)
+with linear warmup and cosine/constant decay, gradient accumulation and clipping, autocast (bf16, or fp16
+with a ``GradScaler``) on GPU and fp32 on CPU, an optional EMA of the weights, opt-in ``torch.compile``,
+DDP under ``torchrun``, atomic checkpoints with exact resume, tqdm/TensorBoard/JSONL logging, periodic
+evaluation with audio samples, and a final ``summary.json``.
 A :class:`~course_lib.train.families.Family` supplies only the model, its loss and its evaluation.
 
 Several optimizers (GANs): when the family's ``optimizer_groups`` returns more than one group, each optimizer
@@ -128,15 +129,47 @@ class LRSchedule:
         return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * p))
 
 
-def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on parameters of 2+ dimensions only (group 0) and none on the rest (group 1)."""
+def build_optimizer(model: nn.Module, optim: OptimConfig, fused: bool = False) -> torch.optim.AdamW:
+    """AdamW with weight decay on parameters of 2+ dimensions only (group 0) and none on the rest (group 1).
+
+    ``fused=True`` asks for torch's fused AdamW kernel (one kernel per step for all parameters: faster on a GPU,
+    the same update up to float rounding); the parameters must already be on a device that has it (see
+    :func:`fused_adamw_supported`). Off by default, so runs are computed exactly as before the option existed.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise TrainingError("the model has no trainable parameters")
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
+    extra: dict[str, Any] = {"fused": True} if fused else {}
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, **extra)
+
+
+def fused_adamw_supported(device: torch.device | str) -> bool:
+    """True when this torch has a fused AdamW kernel for ``device`` (CUDA; the CPU too in recent versions)."""
+    if "fused" not in inspect.signature(torch.optim.AdamW).parameters:
+        return False
+    try:
+        torch.optim.AdamW([torch.zeros(1, device=device, requires_grad=True)], fused=True)
+    except (RuntimeError, ValueError, TypeError):
+        return False
+    return True
+
+
+def _use_fused_kernel(optimizer: torch.optim.Optimizer, fused: bool) -> None:
+    """After ``load_state_dict`` (which restores the kernel choice stored in the checkpoint), use the one this run
+    asked for; the step counters move to where that kernel keeps them (fused: the parameter's device). A no-op
+    when the two agree, as they always do without ``fused_adamw``."""
+    for group in optimizer.param_groups:
+        if bool(group.get("fused")) == fused:
+            continue
+        group["fused"] = True if fused else None
+        for param in group["params"]:
+            state = optimizer.state.get(param)
+            if state and "step" in state:
+                state["step"] = torch.tensor(float(state["step"]), dtype=torch.float32,
+                                             device=param.device if fused else "cpu")
 
 
 @torch.no_grad()
@@ -239,11 +272,15 @@ class Trainer:
 
     ``train_dataset``/``eval_dataset`` replace the datasets built from ``config.data`` (for notebooks and
     tests); they are checked the same way (non-empty, right sample rate, items ``{"audio": (1, T), ...}``).
-    Run under ``torchrun`` and the same call trains with DDP; only rank 0 writes files.
+    Run under ``torchrun`` and the same call trains with DDP; only rank 0 writes files. ``fused_adamw=True``
+    builds every AdamW with torch's fused kernel (:func:`build_optimizer`; check :func:`fused_adamw_supported`
+    for the device first; a resumed run uses the kernel it asks for, whichever wrote the checkpoint); the default,
+    off, computes exactly as before the option existed.
     """
 
     def __init__(self, family: str | Family, config: RunConfig, *, resume: str = "auto",
-                 train_dataset: Dataset | None = None, eval_dataset: Dataset | None = None) -> None:
+                 train_dataset: Dataset | None = None, eval_dataset: Dataset | None = None,
+                 fused_adamw: bool = False) -> None:
         self.family = get_family(family) if isinstance(family, str) else family
         if not isinstance(config, self.family.config_class):
             raise ConfigError(f"config is a {type(config).__name__}, but family {self.family.name!r} needs a "
@@ -255,6 +292,7 @@ class Trainer:
         self.resume = resume
         self.train_dataset = train_dataset
         self.eval_dataset = eval_dataset
+        self.fused_adamw = bool(fused_adamw)
         self.run_dir = Path(config.train.run_dir)
 
     # ---- public ---------------------------------------------------------------------------------------
@@ -300,7 +338,7 @@ class Trainer:
         if self.info.is_main:
             from tqdm.auto import tqdm
 
-            tqdm.write(f"[{self.family.name}] {message}", file=sys.stderr)
+            tqdm.write(f"[{self.family.name}] {message}", file=_log_stream())
 
     def _find_resume_point(self) -> tuple[Path, dict[str, Any], list[Path]] | None:
         """The newest readable checkpoint to continue from, its training state, and the damaged newer ones."""
@@ -437,7 +475,7 @@ class Trainer:
         self.group_params: dict[str, list[nn.Parameter]] = {}
         for g in self.groups:
             o = g.optim
-            self.optimizers[g.name] = build_optimizer(g.module, o)
+            self.optimizers[g.name] = build_optimizer(g.module, o, fused=self.fused_adamw)
             self.group_params[g.name] = [p for p in g.module.parameters() if p.requires_grad]
             self._schedules[g.name] = LRSchedule(o.warmup_steps, tc.max_steps, o.schedule, o.min_lr_ratio)
             self.schedulers[g.name] = torch.optim.lr_scheduler.LambdaLR(self.optimizers[g.name],
@@ -545,6 +583,7 @@ class Trainer:
             self.schedulers[name].load_state_dict(sched_state)
             if self.scalers[name] is not None and scaler_state:
                 self.scalers[name].load_state_dict(scaler_state)
+            _use_fused_kernel(self.optimizers[name], self.fused_adamw)
         self._apply_optim_config()
 
     def _apply_optim_config(self) -> None:
@@ -899,7 +938,16 @@ def _lookup(tree: dict[str, Any], dotted: str) -> Any:
     return node
 
 
+def _log_stream():
+    """Where the engine's log lines go: stderr in a terminal (stdout stays the command's JSON summary), stdout in
+    a Jupyter kernel (a notebook shows stderr as a pink error box, and these lines are not errors)."""
+    ipython = sys.modules.get("IPython")  # only ever imported here if something else imported it first
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return sys.stdout if type(shell).__name__ == "ZMQInteractiveShell" else sys.stderr
+
+
 def train(family: str | Family, config: RunConfig, *, resume: str = "auto", train_dataset: Dataset | None = None,
-          eval_dataset: Dataset | None = None) -> dict[str, Any]:
+          eval_dataset: Dataset | None = None, fused_adamw: bool = False) -> dict[str, Any]:
     """One-call form: ``Trainer(family, config, resume=...).fit()``; returns the run summary."""
-    return Trainer(family, config, resume=resume, train_dataset=train_dataset, eval_dataset=eval_dataset).fit()
+    return Trainer(family, config, resume=resume, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                   fused_adamw=fused_adamw).fit()
