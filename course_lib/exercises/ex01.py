@@ -1,117 +1,38 @@
-"""Checks for exercise notebook 01, the VQ-VAE: nearest code, straight-through, VQ loss, EMA update, perplexity.
+"""Checks for exercise notebook 01, the VQ-VAE: VQ loss, EMA update, perplexity, then the whole VQ-VAE loss
+assembled from an encoder, a codebook and a decoder, and one training step.
 
-Each checker compares the student's function with the course's reference (:mod:`course_lib.quantize`, or
-a closed form written out here) on small hand-made and random inputs, gradients included where the task is
-about gradients, and turns the first mismatch into a hint naming the likeliest mistake: an inner product
-instead of a distance, a missing ``.detach()``, β on the wrong term (taming-transformers' ``legacy`` loss),
-a sum instead of a mean, swapped EMA weights, division by unsmoothed counts, entropy instead of perplexity.
+Each checker compares the student's function with the course's reference (:mod:`course_lib.quantize`,
+:class:`~course_lib.codecs.mel_vqvae.MelVQVAE`, or a closed form written out here) on small hand-made and
+random inputs, gradients and updated weights included where the task is about them, and turns the first
+mismatch into a hint naming the likeliest mistake: β on the wrong term (taming-transformers' ``legacy``
+loss), a missing ``.detach()``, a sum instead of a mean, swapped EMA weights, division by unsmoothed counts,
+entropy instead of perplexity, a decoder fed the unquantized latent, a straight-through that sends the
+gradient to the codebook, a latent flattened with its channels mixed in, no gradient clipping, gradients
+left to accumulate between steps.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
+from course_lib.codecs.mel_vqvae import MelVQVAE, MelVQVAEConfig
 from course_lib.exercises.checks import CheckContext, WrongAnswer, expect_tensor, register_task, seeded
-from course_lib.quantize import is_nearest, laplace_smoothing, nearest_code, perplexity
+from course_lib.quantize import laplace_smoothing, nearest_code, perplexity
 
 LESSON = "01_vq_vae"
 
-__all__ = ["LESSON", "reference_ema_update", "reference_vq_loss"]
+__all__ = ["LESSON", "reference_ema_update", "reference_vq_loss", "reference_vqvae_loss",
+           "reference_vqvae_train_step", "train_step_model", "vqvae_loss_cases", "PlainSGD"]
 
 
 # --------------------------------------------------------------------------------------------------------
-# Task 1: nearest code
-# --------------------------------------------------------------------------------------------------------
-
-
-def _nearest_cases() -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = seeded(1)
-    hand = (torch.tensor([[0.4], [0.6], [7.0], [-3.0]]), torch.tensor([[0.0], [1.0], [10.0]]))
-    scaled = torch.randn(12, 4, generator=g) * torch.linspace(0.2, 3.0, 12)[:, None]  # codes of very different norms
-    return [hand, (torch.randn(64, 4, generator=g), scaled), (torch.randn(500, 8, generator=g) * 2,
-                                                              torch.randn(32, 8, generator=g))]
-
-
-@register_task("nearest_code", LESSON, hint_on_error="compute all N×K squared distances, then argmin over the codes.")
-def check_nearest_code_impl(ctx: CheckContext, fn: Callable) -> None:
-    """``fn(z (N, D), codebook (K, D))`` must return the long ``(N,)`` indices of the nearest codes."""
-    for z, codebook in _nearest_cases():
-        expected = nearest_code(z, codebook)
-        z_in, cb_in = z.clone(), codebook.clone()
-        got = expect_tensor(ctx.call(fn, z_in, cb_in), "nearest_code", "a tensor of code indices")
-        where = f"for z of shape {tuple(z.shape)} and a codebook of shape {tuple(codebook.shape)}"
-        if not (torch.equal(z_in, z) and torch.equal(cb_in, codebook)):
-            raise WrongAnswer(f"{where} your function changed its inputs in place; compute on new tensors")
-        if got.shape != expected.shape:
-            hint = (" (one index per codebook entry: take the argmin over the codes, dim=1, not over the inputs)"
-                    if got.shape == (codebook.shape[0],) else "")
-            raise WrongAnswer(f"{where} expected indices of shape (N,) = {tuple(expected.shape)}, got "
-                              f"{tuple(got.shape)}{hint}")
-        if got.is_floating_point():
-            raise WrongAnswer(f"{where} expected integer indices (torch.long), got {got.dtype}: return the argmin, "
-                              "not the distances")
-        got = got.long()
-        if torch.equal(got, expected) or is_nearest(z, codebook, got):  # a near-tie may round either way
-            continue
-        if torch.equal(got, (z @ codebook.T).argmax(dim=1)):
-            hint = ("you picked the largest inner product z·e; the nearest code minimises ‖z − e‖² = ‖z‖² − 2 z·e "
-                    "+ ‖e‖², and the ‖e‖² term matters when codes have different lengths")
-        elif torch.equal(got, torch.cdist(z, codebook, p=1).argmin(dim=1)):
-            hint = "that is the L1 (Manhattan) distance; use the squared Euclidean distance ‖z − e‖²"
-        elif torch.equal(got, (codebook.pow(2).sum(1)[None, :] + 2 * z @ codebook.T).argmin(1)):
-            hint = "sign error: ‖z − e‖² = ‖z‖² − 2 z·e + ‖e‖² (minus the cross term)"
-        else:
-            bad = int((got != expected).nonzero()[0, 0])
-            hint = (f"row {bad}: expected code {int(expected[bad])}, got {int(got[bad])}; the distance of z_n to "
-                    "code k is ((z[n] - codebook[k]) ** 2).sum()")
-        raise WrongAnswer(f"{where}: {hint}")
-
-
-# --------------------------------------------------------------------------------------------------------
-# Task 2: straight-through estimator
-# --------------------------------------------------------------------------------------------------------
-
-
-@register_task("straight_through", LESSON,
-               hint_on_error="one line: z plus a detached difference (z_q − z).")
-def check_straight_through_impl(ctx: CheckContext, fn: Callable) -> None:
-    """``fn(z, z_q)``: forward value ``z_q``; the gradient w.r.t. ``z`` is the identity; none reaches ``z_q``."""
-    g = seeded(2)
-    for shape in [(2, 3, 5), (4, 8)]:
-        z = torch.randn(*shape, generator=g, requires_grad=True)
-        codebook_out = torch.randn(*shape, generator=g).requires_grad_(True)  # stands for e_{k*}: a leaf with grad
-        got = expect_tensor(ctx.call(fn, z, codebook_out), "straight_through")
-        where = f"for inputs of shape {shape}"
-        if got.shape != z.shape:
-            raise WrongAnswer(f"{where} expected an output of the same shape, got {tuple(got.shape)}")
-        if not torch.allclose(got.detach(), codebook_out.detach(), atol=1e-6):
-            if torch.allclose(got.detach(), z.detach(), atol=1e-6):
-                raise WrongAnswer(f"{where} your output equals z: the forward value must be z_q (the decoder sees "
-                                  "the quantized vectors), only the gradient should be z's")
-            raise WrongAnswer(f"{where} the forward value must equal z_q exactly (z + (z_q − z) = z_q)")
-        if not got.requires_grad:
-            raise WrongAnswer(f"{where} no gradient flows through your output (did you detach everything?): the "
-                              "encoder must get the decoder's gradient, return z + (z_q − z).detach()")
-        weight = torch.randn(*shape, generator=g)
-        (got * weight).sum().backward()
-        if z.grad is None or z.grad.abs().max() == 0:
-            hint = ("z gets no gradient: z + (z_q − z) without .detach() cancels z out of the graph"
-                    if z.grad is not None  # z is in the graph, but its two paths cancel
-                    else "z gets no gradient: returning z_q cuts the encoder off from the loss")
-            raise WrongAnswer(f"{where} {hint}; return z + (z_q − z).detach()")
-        if not torch.allclose(z.grad, weight, atol=1e-6):
-            raise WrongAnswer(f"{where} the gradient w.r.t. z must be copied unchanged (identity), got a different "
-                              "gradient; return z + (z_q − z).detach()")
-        if codebook_out.grad is not None and codebook_out.grad.abs().max() > 0:
-            raise WrongAnswer(f"{where} the decoder's gradient also reaches z_q: the codebook must learn only from "
-                              "its own loss (or the EMA), detach the (z_q − z) term")
-
-
-# --------------------------------------------------------------------------------------------------------
-# Task 3: the VQ loss with β
+# Task 1: the VQ loss with β
 # --------------------------------------------------------------------------------------------------------
 
 
@@ -171,7 +92,7 @@ def check_vq_loss_impl(ctx: CheckContext, fn: Callable) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Task 4: one EMA codebook update with Laplace smoothing
+# Task 2: one EMA codebook update with Laplace smoothing
 # --------------------------------------------------------------------------------------------------------
 
 
@@ -253,7 +174,7 @@ def check_ema_update_impl(ctx: CheckContext, fn: Callable) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Task 5: perplexity
+# Task 3: perplexity
 # --------------------------------------------------------------------------------------------------------
 
 
@@ -292,3 +213,262 @@ def check_codebook_perplexity_impl(ctx: CheckContext, fn: Callable) -> None:
         else:
             hint = "p_k = count_k / total over all codes (flatten first), perplexity = exp(−Σ p_k log p_k)"
         raise WrongAnswer(f"{where} expected {expected:.4f}, got {got:.4f}: {hint}")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Task 4: the VQ-VAE loss, assembled from an encoder, a codebook and a decoder
+# --------------------------------------------------------------------------------------------------------
+
+
+def _flatten_latent(z: torch.Tensor) -> torch.Tensor:
+    """``(B, D, H, W)`` → ``(B·H·W, D)``: one D-vector per grid cell (channel axis moved last first)."""
+    return z.movedim(1, -1).reshape(-1, z.shape[1])
+
+
+def reference_vqvae_loss(encoder: Callable, decoder: Callable, codebook: torch.Tensor, x: torch.Tensor,
+                         beta: float = 0.25) -> torch.Tensor:
+    """The VQ-VAE loss of eq. 3 with L1 reconstruction: ``mean|x − dec(z + sg[e − z])| + mean((sg[z] − e)²)
+    + β · mean((z − sg[e])²)``, with ``z = enc(x)`` ``(B, D, H', W')`` and ``e`` the nearest codebook rows."""
+    z = encoder(x)
+    flat = _flatten_latent(z)
+    e = codebook[nearest_code(flat.detach(), codebook.detach())]
+    vq = ((flat.detach() - e) ** 2).mean() + beta * ((flat - e.detach()) ** 2).mean()
+    z_q = e.reshape(z.shape[0], *z.shape[2:], z.shape[1]).movedim(-1, 1)
+    recon = decoder(z + (z_q - z).detach())
+    return (recon - x).abs().mean() + vq
+
+
+def _vqvae_wrong(kind: str) -> Callable:
+    """Plausible wrong versions of :func:`reference_vqvae_loss`, to recognise a student's mistake."""
+
+    def loss(encoder: Callable, decoder: Callable, codebook: torch.Tensor, x: torch.Tensor, beta: float):
+        z = encoder(x)
+        b, d, h, w = z.shape
+        flat = z.reshape(-1, d) if kind == "flatten" else _flatten_latent(z)
+        e = codebook[nearest_code(flat.detach(), codebook.detach())]
+        codebook_term, commitment = ((flat.detach() - e) ** 2).mean(), ((flat - e.detach()) ** 2).mean()
+        vq = {"legacy": beta * codebook_term + commitment, "no_stop": (1 + beta) * ((flat - e) ** 2).mean(),
+              "no_beta": codebook_term + commitment, "no_vq": 0.0}.get(kind, codebook_term + beta * commitment)
+        z_q = e.reshape(b, d, h, w) if kind == "flatten" else e.reshape(b, h, w, d).movedim(-1, 1)
+        decoder_input = {"skip": z, "no_straight_through": z_q}.get(kind, z + (z_q - z).detach())
+        recon = decoder(decoder_input)
+        if kind == "mse":
+            return ((recon - x) ** 2).mean() + vq
+        if kind == "sum":
+            return (recon - x).abs().sum() + ((flat.detach() - e) ** 2).sum() + beta * ((flat - e.detach()) ** 2).sum()
+        return (recon - x).abs().mean() + vq
+
+    return loss
+
+
+_VQVAE_HINTS = {
+    "skip": "the decoder got the encoder output z itself: it must get the quantized vectors (through the "
+            "straight-through z + (z_q − z).detach()), or the decoder never learns to read codes",
+    "no_straight_through": "the encoder gets no gradient from the reconstruction and the codebook gets the "
+                           "decoder's: feed the decoder z + (z_q − z).detach() (z_q alone, or the sum without "
+                           ".detach(), sends the decoder's gradient to the codebook instead of the encoder)",
+    "legacy": "β multiplies the codebook term instead of the commitment term (taming-transformers' `legacy` "
+              "loss): β scales ‖z − sg[e]‖², the term that pulls the encoder",
+    "no_stop": "without stop-gradients both VQ terms push both z and the codes: detach z in the codebook term "
+               "and the codes in the commitment term",
+    "no_beta": "you forgot β: the VQ part is codebook term + β · commitment term",
+    "no_vq": "only the reconstruction term: add the codebook term and β · the commitment term",
+    "flatten": "z.reshape(-1, D) mixes channels and grid positions: move the channel axis last first, "
+               "z.movedim(1, -1).reshape(-1, D) (or permute(0, 2, 3, 1)), and undo it the same way",
+    "mse": "the reconstruction term is the L1 distance mean|x̂ − x| (Diffsound's), not the squared error",
+    "sum": "you summed: every term is a mean over its elements",
+}
+
+
+def vqvae_loss_cases() -> list[tuple[nn.Module, nn.Module, torch.Tensor, torch.Tensor, float]]:
+    """(encoder, decoder, codebook, x, beta) for the check: a stride-2 conv encoder and a transposed-conv
+    decoder with seeded weights, a learned codebook (``requires_grad``) and a batch of one-channel images."""
+    g = seeded(6)
+    cases = []
+    for (b, h, w), d, k, beta in [((2, 6, 8), 3, 5, 0.25), ((3, 4, 4), 4, 6, 0.5)]:
+        encoder, decoder = nn.Conv2d(1, d, 2, stride=2), nn.ConvTranspose2d(d, 1, 2, stride=2)
+        with torch.no_grad():
+            for p in [*encoder.parameters(), *decoder.parameters()]:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        codebook = (torch.randn(k, d, generator=g) * 0.7).requires_grad_(True)
+        cases.append((encoder, decoder, codebook, torch.randn(b, 1, h, w, generator=g), beta))
+    return cases
+
+
+def _loss_and_grads(loss: torch.Tensor, params: list[torch.Tensor]) -> tuple[float, list[torch.Tensor]]:
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return float(loss.detach()), [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
+
+
+def _same(a: tuple[float, list[torch.Tensor]], b: tuple[float, list[torch.Tensor]]) -> bool:
+    return math.isclose(a[0], b[0], rel_tol=1e-4, abs_tol=1e-6) and all(
+        torch.allclose(x, y, rtol=1e-4, atol=1e-6) for x, y in zip(a[1], b[1]))
+
+
+@register_task("vqvae_loss", LESSON,
+               hint_on_error="encode, flatten (channels last), nearest code, straight-through, decode, then "
+                             "L1 + codebook term + β·commitment.")
+def check_vqvae_loss_impl(ctx: CheckContext, fn: Callable) -> None:
+    """``fn(encoder, decoder, codebook, x, beta)`` → scalar; value and gradients (encoder, decoder, codebook)
+    compared with :func:`reference_vqvae_loss`, and with named wrong versions to pick the hint."""
+    for encoder, decoder, codebook, x, beta in vqvae_loss_cases():
+        params = [*encoder.parameters(), *decoder.parameters(), codebook]
+        where = (f"for x of shape {tuple(x.shape)}, a {tuple(codebook.shape)} codebook and beta={beta} "
+                 f"(encoder: Conv2d stride 2, decoder: ConvTranspose2d)")
+        x_in, codebook_before = x.clone(), codebook.detach().clone()
+        got = expect_tensor(ctx.call(fn, encoder, decoder, codebook, x_in, beta), "vqvae_loss", "a scalar tensor")
+        if not (torch.equal(x_in, x) and torch.equal(codebook.detach(), codebook_before)):
+            raise WrongAnswer(f"{where} your function changed x or the codebook: the loss only reads them")
+        if got.numel() != 1:
+            raise WrongAnswer(f"{where} expected a scalar (one number), got shape {tuple(got.shape)}: take the means")
+        if not got.requires_grad:
+            raise WrongAnswer(f"{where} your loss has no gradient: detach only what the stop-gradients say")
+        try:
+            got_lg = _loss_and_grads(got.reshape(()), params)
+        except RuntimeError:
+            raise WrongAnswer(f"{where} the gradients of your loss cannot be computed (did you call .backward() "
+                              "inside the function?): return the loss, the training step calls backward") from None
+        if _same(got_lg, _loss_and_grads(reference_vqvae_loss(encoder, decoder, codebook, x, beta), params)):
+            continue
+        for kind, hint in _VQVAE_HINTS.items():
+            if _same(got_lg, _loss_and_grads(_vqvae_wrong(kind)(encoder, decoder, codebook, x, beta), params)):
+                raise WrongAnswer(f"{where}: {hint}")
+        expected = float(reference_vqvae_loss(encoder, decoder, codebook, x, beta).detach())
+        if not math.isclose(got_lg[0], expected, rel_tol=1e-4, abs_tol=1e-6):
+            raise WrongAnswer(f"{where} expected the loss {expected:.5f}, got {got_lg[0]:.5f}: L1 between the "
+                              "decoded straight-through latent and x, + mean((sg[z] − e)²) + β·mean((z − sg[e])²)")
+        raise WrongAnswer(f"{where} the value is right but the gradients are not: check the .detach() calls "
+                          "(straight-through: z + (z_q − z).detach(); codebook term: z detached; commitment: "
+                          "codes detached)")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Task 5: one training step
+# --------------------------------------------------------------------------------------------------------
+
+TRAIN_STEP_CONFIG = MelVQVAEConfig(sample_rate=8000, n_fft=64, hop_length=16, n_mels=8, channels=4, ch_mult=(1, 2),
+                                   num_res_blocks=1, embed_dim=4, codebook_size=8, ema=False, kmeans_init=False,
+                                   dead_code_threshold=0.0)
+TRAIN_STEP_MAX_NORM = 0.05  # small on purpose: every step of the check is clipped
+TRAIN_STEP_LR = 0.05
+
+
+class PlainSGD:
+    """Plain SGD (``p ← p − lr·grad``) with the interface a training step uses: ``zero_grad()``, ``step()``,
+    ``param_groups``. The check hands it to the student's step instead of ``torch.optim.SGD``, which computes
+    the same update: creating the first ``torch.optim`` optimizer in a process imports torch's compiler
+    stack, several seconds that a check's time limit cannot spare."""
+
+    def __init__(self, params, lr: float) -> None:
+        self.param_groups = [{"params": list(params), "lr": lr}]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.param_groups[0]["params"]:
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        group = self.param_groups[0]
+        for p in group["params"]:
+            if p.grad is not None:
+                p.add_(p.grad, alpha=-group["lr"])
+
+
+def train_step_model() -> MelVQVAE:
+    """The tiny mel VQ-VAE the check trains (learned codebook), with weights drawn from a fixed seed."""
+    with torch.random.fork_rng():
+        torch.manual_seed(7)
+        return MelVQVAE(copy.deepcopy(TRAIN_STEP_CONFIG)).train()
+
+
+def _train_step_batches() -> list[torch.Tensor]:
+    g = seeded(8)
+    return [-5.0 + 2.0 * torch.randn(2, 8, 12, generator=g) for _ in range(2)]
+
+
+def reference_vqvae_train_step(model: nn.Module, optimizer: torch.optim.Optimizer | PlainSGD, log_mel: torch.Tensor,
+                               max_norm: float = 1.0, *, clip: bool = True, zero_grad: bool = True,
+                               vq: bool = True) -> float:
+    """One step: forward, ``L1(x̂, x) + vq.loss``, clear the gradients, backward, clip their global norm to
+    ``max_norm``, optimizer step; returns the loss as a float. The keywords switch parts off (wrong versions)."""
+    recon, out = model(log_mel)
+    loss = F.l1_loss(recon, log_mel) + (out.loss if vq else 0.0)
+    if zero_grad:
+        optimizer.zero_grad()
+    loss.backward()
+    if clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    optimizer.step()
+    return float(loss.detach())
+
+
+def _params(model: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _close(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.allclose(x, y, rtol=1e-5, atol=1e-7) for x, y in zip(a, b))
+
+
+def _run_reference(steps: int, **wrong: bool) -> tuple[list[float], list[list[torch.Tensor]]]:
+    model = train_step_model()
+    optimizer = PlainSGD(model.parameters(), lr=TRAIN_STEP_LR)
+    losses, params = [], []
+    for batch in _train_step_batches()[:steps]:
+        losses.append(reference_vqvae_train_step(model, optimizer, batch, TRAIN_STEP_MAX_NORM, **wrong))
+        params.append(_params(model))
+    return losses, params
+
+
+@register_task("vqvae_train_step", LESSON,
+               hint_on_error="forward, loss = L1 + vq.loss, zero_grad, backward, clip_grad_norm_, step, "
+                             "return loss.item().")
+def check_vqvae_train_step_impl(ctx: CheckContext, fn: Callable) -> None:
+    """``fn(model, optimizer, log_mel, max_norm)`` → float, called for two steps on a tiny ``MelVQVAE``
+    (learned codebook, :class:`PlainSGD`); the returned losses and the weights after each step are compared with
+    :func:`reference_vqvae_train_step` and with named wrong versions."""
+    model = train_step_model()
+    before = _params(model)
+    optimizer = PlainSGD(model.parameters(), lr=TRAIN_STEP_LR)
+    expected_losses, expected_params = _run_reference(2)
+    where = (f"on a tiny MelVQVAE trained with SGD (lr {TRAIN_STEP_LR}) and max_norm={TRAIN_STEP_MAX_NORM}, "
+             "for log-mel batches of shape (2, 8, 12)")
+    for step, batch in enumerate(_train_step_batches()):
+        value = ctx.call(fn, model, optimizer, batch.clone(), TRAIN_STEP_MAX_NORM)
+        if value is None:
+            raise WrongAnswer("vqvae_train_step returned None: return the loss as a float, loss.item()")
+        if isinstance(value, torch.Tensor):
+            raise WrongAnswer(f"{where} you returned a tensor: return loss.item(), a Python float (a tensor keeps "
+                              "its whole graph alive in a list of losses)")
+        if not isinstance(value, (int, float)):
+            raise WrongAnswer(f"{where} expected a float (loss.item()), got {type(value).__name__}")
+        at = f"{where}, step {step + 1}:"
+        if not math.isclose(value, expected_losses[step], rel_tol=1e-4, abs_tol=1e-6):
+            if step == 0:
+                recon, out = train_step_model()(batch)
+                l1, mse, vq = (float(t.detach()) for t in (F.l1_loss(recon, batch), F.mse_loss(recon, batch), out.loss))
+                if math.isclose(value, l1, rel_tol=1e-4):
+                    raise WrongAnswer(f"{at} your loss is the reconstruction term alone: add vq.loss (the "
+                                      "commitment and codebook terms), or the encoder and the codes drift apart")
+                if any(math.isclose(value, v, rel_tol=1e-4) for v in (mse, mse + vq)):
+                    raise WrongAnswer(f"{at} the reconstruction term is the L1 distance F.l1_loss(recon, log_mel) "
+                                      "(Diffsound's), not the squared error")
+            raise WrongAnswer(f"{at} returned loss {value:.5f}, expected {expected_losses[step]:.5f} (the loss "
+                              "computed before the update: L1(recon, log_mel) + vq.loss)")
+        params = _params(model)
+        if _close(params, expected_params[step]):
+            continue
+        if step == 0 and _close(params, before):
+            raise WrongAnswer(f"{at} the weights did not change: call optimizer.step() after loss.backward(), and "
+                              "do not zero the gradients between them")
+        if step == 0 and _close(params, _run_reference(1, clip=False)[1][0]):
+            raise WrongAnswer(f"{at} the update was not clipped: call torch.nn.utils.clip_grad_norm_("
+                              "model.parameters(), max_norm) between loss.backward() and optimizer.step()")
+        if step == 1 and _close(params, _run_reference(2, zero_grad=False)[1][1]):
+            raise WrongAnswer(f"{at} the gradients of the previous step were added to this one's: call "
+                              "optimizer.zero_grad() before loss.backward() (gradients accumulate in .grad)")
+        raise WrongAnswer(f"{at} the weights after your step differ from one SGD step on the clipped gradient "
+                          "of L1 + vq.loss: order zero_grad, backward, clip, step")
