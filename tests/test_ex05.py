@@ -17,16 +17,25 @@ from exercise_notebooks import (
 )
 
 from course_lib.exercises import check
-from course_lib.exercises.ex05 import LESSON, TOP_P_CASES, reference_delay_interleave, reference_top_p
+from course_lib.exercises.ex05 import (
+    LESSON,
+    TOP_P_CASES,
+    reference_delay_interleave,
+    reference_next_token_loss,
+    reference_sample,
+    reference_top_p,
+    tiny_lm,
+)
 from course_lib.exercises.grade import grade_many, solution_tasks
 from course_lib.lm.patterns import DelayPattern
-from course_lib.lm.sampling import top_p_filter
-from course_lib.nn.attention import KVCache, MultiHeadAttention, causal_mask
+from course_lib.lm.sampling import generate, top_p_filter
+from course_lib.nn.attention import KVCache, MultiHeadAttention
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "05_audiogen.ipynb"
 EXERCISE = ROOT / "exercises" / "05_audiogen.ipynb"
-TASK_IDS = ["causal_mask", "delay_interleave", "delay_deinterleave", "top_p_filter", "cached_attention_step"]
+TASK_IDS = ["delay_interleave", "delay_deinterleave", "next_token_loss", "top_p_filter", "cached_attention_step",
+            "sample_with_cfg"]
 NAMESPACE = {"math": math, "torch": torch, "F": F}  # what the solution cells assume is imported
 
 
@@ -41,7 +50,7 @@ def solution_fns() -> dict:
 
 def test_notebook_tasks_match_the_registry_and_the_exercise_is_fresh():
     assert_generated_and_registered(SOLUTION, EXERCISE, LESSON, TASK_IDS)
-    assert sum(solution_tasks(SOLUTION).values()) == 9
+    assert sum(solution_tasks(SOLUTION).values()) == 13
 
 
 @pytest.mark.parametrize("task_id", TASK_IDS)
@@ -56,10 +65,6 @@ def test_check_on_the_untouched_exercise_says_not_implemented(capsys):
 
 @pytest.mark.float_path
 def test_known_answers_of_the_solution(solution_fns):
-    mask = solution_fns["causal_mask"]
-    assert mask(3).int().tolist() == [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
-    assert mask(2, 5).int().tolist() == [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]  # 3 cached keys in front
-    assert torch.equal(mask(4, 9), causal_mask(4, num_keys=9))
     codes = torch.arange(1, 13).view(1, 3, 4)
     seq = solution_fns["delay_interleave"](codes, -1)
     assert seq.tolist() == [[[1, 2, 3, 4, -1, -1], [-1, 5, 6, 7, 8, -1], [-1, -1, 9, 10, 11, 12]]]
@@ -91,6 +96,38 @@ def test_known_answers_of_the_solution(solution_fns):
     assert ck.shape == cache.keys.shape and torch.allclose(ck, cache.keys, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.float_path
+def test_the_solution_loss_trains_and_the_sampler_matches_the_library(solution_fns):
+    """Task 3's loss is AudioLM.loss and a few AdamW steps on it lower it; task 6's sampler draws the library's
+    tokens with the same generator, greedy or not, and its padding never reaches the codes."""
+    model = tiny_lm(3, 16, seed=4)
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 16, (4, 3, 6), generator=g)
+    text, mask = torch.randn(4, 5, 8, generator=g), torch.ones(4, 5, dtype=torch.bool)
+    loss = solution_fns["next_token_loss"](model, codes, text, mask)
+    torch.testing.assert_close(loss, model.loss(codes, text, mask)[0])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(15):
+        loss = solution_fns["next_token_loss"](model, codes, text, mask)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.5, losses
+    model.eval()
+    for top_k, scale in ((1, 3.0), (5, 3.0), (16, 1.0)):
+        mine = solution_fns["sample_with_cfg"](model, text, mask, 7, scale, top_k, torch.Generator().manual_seed(3))
+        library = generate(model, text, mask, 7, temperature=1.0, top_k=top_k, top_p=0.0, cfg_scale=scale,
+                           use_cache=False, generator=torch.Generator().manual_seed(3))  # the solution's path
+        assert torch.equal(mine, library) and mine.shape == (4, 3, 7) and int(mine.max()) < 16
+        assert torch.equal(mine, reference_sample(model, text, mask, 7, scale, top_k, torch.Generator().manual_seed(3)))
+    # the loss with padding counted differs from the real one: the delay pattern pads K(K - 1) = 6 positions per clip
+    with torch.no_grad():
+        assert abs(float(reference_next_token_loss(model, codes, text, mask, padding="as_zero"))
+                   - float(model.loss(codes, text, mask)[0])) > 0.05
+
+
 def test_top_p_cases_stay_away_from_the_boundary():
     """No case has a cumulative mass within 1e-4 of p: float32 and float64 answers cannot disagree."""
     for logits, p in TOP_P_CASES:
@@ -100,35 +137,6 @@ def test_top_p_cases_stay_away_from_the_boundary():
 
 
 # --- plausible wrong answers -------------------------------------------------------------------------
-
-
-def _grid(n, num_keys=None):
-    num_keys = n if num_keys is None else num_keys
-    return torch.arange(n)[:, None], torch.arange(num_keys)[None, :], num_keys - n
-
-
-def _upper(n, num_keys=None):
-    rows, cols, offset = _grid(n, num_keys)
-    return cols >= rows + offset
-
-
-def _strict(n, num_keys=None):
-    rows, cols, offset = _grid(n, num_keys)
-    return cols < rows + offset
-
-
-def _no_offset(n, num_keys=None):
-    rows, cols, _ = _grid(n, num_keys)
-    return cols <= rows
-
-
-def _additive(n, num_keys=None):
-    rows, cols, offset = _grid(n, num_keys)
-    return torch.zeros(n, cols.shape[1]).masked_fill(cols > rows + offset, float("-inf"))
-
-
-def _square(n, num_keys=None):
-    return torch.ones(n, n).tril().bool()
 
 
 def _wrong_way(codes, pad_id):
@@ -172,12 +180,72 @@ def _step(q, k, v, ck, cv, *, forget=False, keep_old=False, prepend=False, scale
     return (out, ck, cv) if keep_old else (out, new_k, new_v)
 
 
+def _loss_variant(**kwargs):
+    return lambda model, codes, text, mask: reference_next_token_loss(model, codes, text, mask, **kwargs)
+
+
+def _loss_no_graph(model, codes, text, mask):
+    with torch.no_grad():
+        return reference_next_token_loss(model, codes, text, mask)
+
+
+def _loss_unreduced(model, codes, text, mask):
+    special = model.special_id
+    target = reference_delay_interleave(codes, special)
+    inputs = torch.cat([torch.full_like(target[:, :, :1], special), target[:, :, :-1]], dim=2)
+    logits = model(inputs, text, mask)
+    valid = target != special
+    return F.cross_entropy(logits[valid], target[valid], reduction="none")
+
+
+def _sampler_variant(**kwargs):
+    return lambda model, text, mask, frames, scale, top_k, generator=None: reference_sample(
+        model, text, mask, frames, scale, top_k, generator, **kwargs)
+
+
+def _sampler_probs_unclipped(model, text, mask, frames, scale, top_k, generator=None):
+    """Guidance on probabilities, used as they come: negative entries make torch.multinomial raise."""
+    b, k, v = text.shape[0], model.config.n_q, model.special_id
+    seq = torch.full((b, k, frames + k - 1), v)
+    with torch.no_grad():
+        for s in range(seq.shape[2]):
+            inp = torch.cat([torch.full((b, k, 1), v), seq[:, :, :s]], dim=2)
+            both = model(torch.cat([inp, inp]), torch.cat([text, text]), torch.cat([mask, torch.zeros_like(mask)]))
+            cond, uncond = both[:, :, -1].softmax(-1).chunk(2)
+            probs = uncond + scale * (cond - uncond)
+            tokens = torch.multinomial(probs.reshape(b * k, -1), 1, generator=generator).view(b, k)
+            real = (s - torch.arange(k) >= 0) & (s - torch.arange(k) < frames)
+            seq[:, :, s] = torch.where(real, tokens, v)
+    return torch.stack([seq[:, i, i:i + frames] for i in range(k)], dim=1)
+
+
+def _sampler_argmax(model, text, mask, frames, scale, top_k, generator=None):
+    return reference_sample(model, text, mask, frames, scale, 1, generator)
+
+
+def _sampler_uniform_top_k(model, text, mask, frames, scale, top_k, generator=None):
+    """The top-k set right, but drawn uniformly from it, ignoring the probabilities."""
+    b, k, v = text.shape[0], model.config.n_q, model.special_id
+    seq = torch.full((b, k, frames + k - 1), v)
+    with torch.no_grad():
+        for s in range(seq.shape[2]):
+            inp = torch.cat([torch.full((b, k, 1), v), seq[:, :, :s]], dim=2)
+            both = model(torch.cat([inp, inp]), torch.cat([text, text]), torch.cat([mask, torch.zeros_like(mask)]))
+            cond, uncond = both[:, :, -1].chunk(2)
+            guided = uncond + scale * (cond - uncond)
+            keep = guided >= guided.topk(top_k, dim=-1).values[..., -1:]
+            tokens = torch.multinomial(keep.float().reshape(b * k, -1), 1, generator=generator).view(b, k)
+            real = (s - torch.arange(k) >= 0) & (s - torch.arange(k) < frames)
+            seq[:, :, s] = torch.where(real, tokens, v)
+    return torch.stack([seq[:, i, i:i + frames] for i in range(k)], dim=1)
+
+
+def _sampler_delayed(model, text, mask, frames, scale, top_k, generator=None):
+    codes = reference_sample(model, text, mask, frames, scale, top_k, generator)
+    return reference_delay_interleave(codes, 0)
+
+
 @pytest.mark.parametrize("task_id, wrong, hint", [
-    ("causal_mask", _upper, "the polarity is inverted"),
-    ("causal_mask", _strict, "a position must see itself"),
-    ("causal_mask", _no_offset, "sits at position P + i"),
-    ("causal_mask", _additive, "expected a bool mask"),
-    ("causal_mask", _square, "num_keys = P + n counts the P cached keys"),
     ("delay_interleave", _wrong_way, "the delay goes the wrong way"),
     ("delay_interleave", lambda codes, pad_id: reference_delay_interleave(codes, 0), "not 0 (0 is a real code)"),
     ("delay_interleave", _cropped, "the sequence has T + K − 1"),
@@ -186,6 +254,16 @@ def _step(q, k, v, ck, cv, *, forget=False, keep_old=False, prepend=False, scale
     ("delay_deinterleave", _deinterleave_no_shift, "undo the delay"),
     ("delay_deinterleave", _deinterleave_wrong_way, "the shift goes the wrong way"),
     ("delay_deinterleave", lambda seq: seq, "the number of frames is T = S − K + 1"),
+    ("next_token_loss", _loss_variant(padding="as_zero"), "padding counted in the loss"),
+    ("next_token_loss", _loss_variant(padding="divided"), "divide by the number of real tokens"),
+    ("next_token_loss", _loss_variant(shift="none"), "no shift"),
+    ("next_token_loss", _loss_variant(shift="left"), "the shift goes the wrong way"),
+    ("next_token_loss", _loss_variant(shift="zero_start"), "not 0, which is a real code"),
+    ("next_token_loss", _loss_variant(reduce="sum"), "not their sum"),
+    ("next_token_loss", _loss_variant(delay=False), "lay the codes out with the delay pattern"),
+    ("next_token_loss", lambda *a: reference_next_token_loss(*a).item(), "no .item()"),
+    ("next_token_loss", _loss_no_graph, "your loss has no gradient"),
+    ("next_token_loss", _loss_unreduced, "expected one number"),
     ("top_p_filter", lambda x, p: reference_top_p(x, p, below=True), "stays BELOW p"),
     ("top_p_filter", lambda x, p: reference_top_p(x, p, below=True, inclusive=True), "stays BELOW p"),
     ("top_p_filter", lambda x, p: reference_top_p(x, p, unsorted=True), "map it back with the sort indices"),
@@ -202,6 +280,17 @@ def _step(q, k, v, ck, cv, *, forget=False, keep_old=False, prepend=False, scale
     ("cached_attention_step", lambda *a: _step(*a, scale=False), "divide the scores by √d"),
     ("cached_attention_step", lambda *a: _step(*a, dim=-2), "the softmax runs over the KEYS"),
     ("cached_attention_step", lambda q, k, v, ck, cv: _step(q, k, v, ck, cv)[0], "should return three tensors"),
+    ("sample_with_cfg", _sampler_variant(cfg_on="probs"), "you mixed PROBABILITIES"),
+    ("sample_with_cfg", _sampler_probs_unclipped, "torch.multinomial refused your probabilities"),
+    ("sample_with_cfg", _sampler_variant(swap=True), "the branches are swapped"),
+    ("sample_with_cfg", _sampler_variant(null="zeros"), "all-False MASK"),
+    ("sample_with_cfg", _sampler_variant(shift="none"), "shifted RIGHT"),
+    ("sample_with_cfg", _sampler_variant(padding="keep"), "padding positions must keep special_id"),
+    ("sample_with_cfg", _sampler_variant(top_k_first=True), "top-k goes AFTER guidance"),
+    ("sample_with_cfg", _sampler_variant(use_top_k=False), "keep only the k largest"),
+    ("sample_with_cfg", _sampler_argmax, "every draw gave the same first token"),
+    ("sample_with_cfg", _sampler_uniform_top_k, "draw from the softmax of the filtered guided logits"),
+    ("sample_with_cfg", _sampler_delayed, "you returned the delayed sequence"),
 ])
 def test_each_check_rejects_a_plausible_wrong_answer_with_a_hint(task_id, wrong, hint, capsys):
     assert check(task_id, wrong) is False
@@ -221,10 +310,10 @@ def test_grader_gives_full_marks_to_the_solutions_and_zero_to_the_exercises(tmp_
             paths.append(target)
     results = grade_many(paths, jobs=2, solutions_dir=ROOT / "solutions", timeout=120, cell_timeout=60)
     full04, empty04, full05, empty05 = results
-    for full, points in ((full04, 8), (full05, 9)):
+    for full, points in ((full04, 8), (full05, 13)):
         assert full.status == "completed", full.detail
         assert full.total == full.max_total == points
-    for empty, points in ((empty04, 8), (empty05, 9)):
+    for empty, points in ((empty04, 8), (empty05, 13)):
         assert empty.status == "completed", empty.detail  # the untouched exercise runs top to bottom, no error
         assert empty.total == 0 and empty.max_total == points
         assert all(s.message.startswith("not implemented") for s in empty.scores)

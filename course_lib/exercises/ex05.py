@@ -1,13 +1,17 @@
-"""Checks for exercise notebook 05, AudioGen: the causal mask, the delay pattern (interleave and its inverse),
-the top-p (nucleus) filter, one KV-cached attention step.
+"""Checks for exercise notebook 05, AudioGen: the delay pattern (interleave and its inverse), the next-token
+loss with padding excluded, the top-p (nucleus) filter, one KV-cached attention step, and the sampling loop with
+classifier-free guidance and top-k.
 
-Each checker compares the student's function with the course's reference (:func:`course_lib.nn.attention.causal_mask`,
-:class:`course_lib.lm.patterns.DelayPattern`, :func:`course_lib.lm.sampling.top_p_filter`, torch's own
-``F.scaled_dot_product_attention``) on hand-made and random inputs, and turns the first mismatch into a hint
-naming the likeliest mistake: the mask's polarity inverted, the diagonal left out, the cache offset
-forgotten; codebooks delayed the wrong way, padding filled with 0, the ragged end cut off; the set kept
-*below* p, nothing kept at all, the keep-decision left in sorted order; a cache that forgets the new key,
-that is not returned, or that grows along the wrong axis.
+Each checker compares the student's function with the course's reference (:class:`course_lib.lm.patterns.DelayPattern`,
+:meth:`course_lib.lm.AudioLM.loss`, :func:`course_lib.lm.sampling.top_p_filter`, torch's own
+``F.scaled_dot_product_attention``, :func:`course_lib.lm.sampling.generate`) on hand-made and random inputs, and
+turns the first mismatch into a hint naming the likeliest mistake: codebooks delayed the wrong way, padding filled
+with 0, the ragged end cut off; a loss without the shift, shifted the wrong way, or with the padding counted (in
+the sum, or only in the count); the set kept *below* p, nothing kept at all, the keep-decision left in sorted
+order; a cache that forgets the new key, that is not returned, or that grows along the wrong axis; guidance mixed
+on probabilities instead of logits, the branches swapped, a zeroed caption as the null condition, no shift,
+sampled tokens left in the padding, top-k before guidance. The loss and sampling checks run small random
+:class:`~course_lib.lm.AudioLM` models (:func:`tiny_lm`).
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ import torch
 import torch.nn.functional as F
 
 from course_lib.exercises.checks import CheckContext, WrongAnswer, expect_tensor, register_task, seeded
+from course_lib.lm.model import AudioLM, AudioLMConfig
 from course_lib.lm.patterns import DelayPattern
-from course_lib.lm.sampling import top_p_filter
-from course_lib.nn.attention import causal_mask
+from course_lib.lm.sampling import generate, top_k_filter, top_p_filter
 
 LESSON = "05_audiogen"
 
-__all__ = ["LESSON", "TOP_P_CASES", "reference_delay_interleave", "reference_top_p"]
+__all__ = ["LESSON", "LOSS_VARIANTS", "SAMPLE_VARIANTS", "TOP_P_CASES", "reference_delay_interleave",
+           "reference_next_token_loss", "reference_sample", "reference_top_p", "tiny_lm"]
 
 
 def _unchanged(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor], where: str) -> None:
@@ -41,51 +46,7 @@ def _same(got: torch.Tensor, expected: torch.Tensor, atol: float = 1e-5) -> bool
 
 
 # --------------------------------------------------------------------------------------------------------
-# Task 1: the causal mask
-# --------------------------------------------------------------------------------------------------------
-
-MASK_CASES: list[tuple[int, int | None]] = [(4, None), (1, None), (6, None), (3, 7), (1, 5), (2, 2)]
-
-
-@register_task("causal_mask", LESSON,
-               hint_on_error="mask[i, j] = j <= i + (num_keys - n), as a bool tensor of shape (n, num_keys).")
-def check_causal_mask_impl(ctx: CheckContext, fn: Callable) -> None:
-    """``fn(n, num_keys=None)`` must equal :func:`course_lib.nn.attention.causal_mask` (bool, True = may attend)."""
-    for n, num_keys in MASK_CASES:
-        keys = n if num_keys is None else num_keys
-        expected = causal_mask(n, num_keys=keys)
-        got = expect_tensor(ctx.call(fn, n) if num_keys is None else ctx.call(fn, n, num_keys), "causal_mask",
-                            "a bool tensor")
-        where = f"for n = {n}" + ("" if num_keys is None else f" new queries and num_keys = {num_keys}")
-        if tuple(got.shape) != (n, keys):
-            hint = ("num_keys = P + n counts the P cached keys too: one column per key"
-                    if num_keys is not None and tuple(got.shape) == (n, n) else "one row per query, one column per key")
-            raise WrongAnswer(f"{where} expected a mask of shape (n, num_keys) = {(n, keys)}, got {tuple(got.shape)}: "
-                              f"{hint}")
-        if got.dtype != torch.bool:
-            raise WrongAnswer(f"{where} expected a bool mask (True = may attend, PyTorch's attn_mask convention), "
-                              f"got {got.dtype}: not an additive 0/−inf float mask")
-        if torch.equal(got, expected):
-            continue
-        rows, cols = torch.arange(n)[:, None], torch.arange(keys)[None, :]
-        offset = keys - n
-        if torch.equal(got, ~expected) or torch.equal(got, cols >= rows + offset):
-            hint = ("the polarity is inverted: True must mark the keys a query MAY see, its past and itself "
-                    "(j ≤ i), not its future")
-        elif torch.equal(got, cols < rows + offset):
-            hint = "a position must see itself: include the diagonal (j ≤ i, not j < i)"
-        elif offset and torch.equal(got, cols <= rows):
-            hint = (f"with P = num_keys − n = {offset} cached keys in front, new query i sits at position P + i: it "
-                    "sees keys j ≤ P + i (all the cache and the new ones up to itself)")
-        elif torch.equal(got, cols > rows + offset):
-            hint = "that is the strict future; True must mark the past and the present (j ≤ i)"
-        else:
-            hint = "query i (at position num_keys − n + i) may attend to key j exactly when j ≤ num_keys − n + i"
-        raise WrongAnswer(f"{where}: expected {expected.int().tolist()}, got {got.int().tolist()}: {hint}")
-
-
-# --------------------------------------------------------------------------------------------------------
-# Tasks 2-3: the delay pattern
+# Tasks 1-2: the delay pattern
 # --------------------------------------------------------------------------------------------------------
 
 
@@ -170,6 +131,134 @@ def check_delay_deinterleave_impl(ctx: CheckContext, fn: Callable) -> None:
         elif (got >= 2000).any():
             hint = "you read padded positions: codebook k holds real tokens at steps k..k + T − 1 only"
         raise WrongAnswer(f"{where}: the round trip deinterleave(interleave(codes)) does not give the codes back: {hint}")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Task 3: the next-token loss, padding excluded
+# --------------------------------------------------------------------------------------------------------
+
+
+def tiny_lm(n_q: int = 3, codebook_size: int = 16, seed: int = 0, head_gain: float = 4.0) -> AudioLM:
+    """A small random :class:`AudioLM` (delay pattern, text width 8) for the checks, built without touching the
+    caller's random state. ``head_gain`` scales the output heads so that its distributions are peaked: the wrong
+    answers the checks recognise then give clearly different numbers."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = AudioLM(AudioLMConfig(n_q=n_q, codebook_size=codebook_size, dim=32, num_layers=1, num_heads=2,
+                                      text_dim=8, max_len=64)).eval()
+        with torch.no_grad():
+            for head in model.heads:
+                head.weight.mul_(head_gain)
+            for cross in (block.cross_attn for block in model.transformer.blocks):
+                cross.out_proj.weight.mul_(3.0)  # the caption matters: conditional and unconditional differ
+    return model
+
+
+def reference_next_token_loss(model: AudioLM, codes: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor, *,
+                              shift: str = "right", padding: str = "excluded", reduce: str = "mean",
+                              delay: bool = True) -> torch.Tensor:
+    """Teacher-forced next-token cross-entropy of codes ``(B, K, T)`` under ``model`` (= ``model.loss`` for the
+    defaults): delay-interleave with ``pad_id = special_id``, shift right by one step (a ``special_id`` column
+    first), cross-entropy averaged over the real tokens only. The keywords build the wrong variants the check
+    recognises: ``shift`` ``"none"`` (input = target), ``"left"``, ``"zero_start"`` (a 0 column first);
+    ``padding`` ``"as_zero"`` (padded positions counted with target 0), ``"divided"`` (left out of the sum,
+    counted in the mean); ``reduce="sum"``; ``delay=False`` (no pattern: the codes as they are)."""
+    special = model.special_id
+    target = reference_delay_interleave(codes, special) if delay else codes
+    start = torch.full_like(target[:, :, :1], special)
+    if shift == "right":
+        inputs = torch.cat([start, target[:, :, :-1]], dim=2)
+    elif shift == "none":
+        inputs = target
+    elif shift == "left":
+        inputs = torch.cat([target[:, :, 1:], start], dim=2)
+    elif shift == "zero_start":
+        inputs = torch.cat([torch.zeros_like(start), target[:, :, :-1]], dim=2)
+    else:
+        raise ValueError(f"unknown shift {shift!r}")
+    logits = model(inputs, text, text_mask).float()  # (B, K, S, V)
+    valid = target != special
+    ce = F.cross_entropy(logits.permute(0, 3, 1, 2), target.masked_fill(~valid, 0), reduction="none")  # (B, K, S)
+    if padding == "excluded":
+        total, count = (ce * valid).sum(), valid.sum()
+    elif padding == "as_zero":
+        total, count = ce.sum(), ce.numel()
+    elif padding == "divided":
+        total, count = (ce * valid).sum(), ce.numel()
+    else:
+        raise ValueError(f"unknown padding {padding!r}")
+    return total if reduce == "sum" else total / count
+
+
+LOSS_VARIANTS: list[tuple[dict, str]] = [
+    (dict(padding="as_zero"), "padding counted in the loss: the delay pattern's padded positions (K(K − 1) per clip) "
+                              "hold no token; leave them out of the sum AND out of the count"),
+    (dict(padding="divided"), "you left the padding out of the sum but divided by every position B·K·S: divide by "
+                              "the number of real tokens, B·K·T"),
+    (dict(shift="none"), "no shift: the input at step s is the very token it must predict; feed the target shifted "
+                         "RIGHT by one step (a column of special_id first, then target[:, :, :-1])"),
+    (dict(shift="left"), "the shift goes the wrong way: step s must see steps < s, so the input is a special_id "
+                         "column followed by target[:, :, :-1] (shift RIGHT)"),
+    (dict(shift="zero_start"), "the first input step must be the special id V = codebook_size (start of sequence), "
+                               "not 0, which is a real code"),
+    (dict(reduce="sum"), "average the cross-entropy over the real tokens (a mean, in nats per token), not their sum"),
+    (dict(delay=False), "lay the codes out with the delay pattern first (your delay_interleave, pad_id = "
+                        "model.special_id): the model reads and predicts pattern steps, not frames"),
+    (dict(delay=False, shift="none"), "lay the codes out with the delay pattern and shift right by one step"),
+]
+
+
+def _loss_cases() -> list[tuple[AudioLM, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    g = seeded(54)
+    a, b = tiny_lm(3, 16, seed=0), tiny_lm(2, 8, seed=1)
+    cases = []
+    for model, batch, frames in ((a, 2, 5), (b, 3, 4), (a, 1, 1)):
+        k, v = model.config.n_q, model.config.codebook_size
+        codes = torch.randint(0, v, (batch, k, frames), generator=g)
+        text = torch.randn(batch, 4, 8, generator=g)
+        mask = torch.ones(batch, 4, dtype=torch.bool)
+        mask[-1, 2:] = False  # the last caption is shorter: its padding is masked
+        cases.append((model, codes, text, mask))
+    return cases
+
+
+@register_task("next_token_loss", LESSON,
+               hint_on_error="target = delay_interleave(codes, V); inputs = [V column, target[..., :-1]]; "
+                             "cross-entropy over the positions where target != V, averaged.")
+def check_next_token_loss_impl(ctx: CheckContext, fn: Callable) -> None:
+    """``fn(model, codes, text, text_mask)`` must equal ``model.loss(codes, text, text_mask)[0]`` (the library's
+    :meth:`AudioLM.loss`) and keep its graph, so that ``backward()`` trains the model."""
+    for model, codes, text, mask in _loss_cases():
+        b, k, t = codes.shape
+        args = (codes.clone(), text.clone(), mask.clone())
+        where = (f"for codes of shape (B, K, T) = {(b, k, t)} and an LM with V = {model.config.codebook_size} "
+                 f"codes per codebook")
+        got = ctx.call(fn, model, *args)
+        _unchanged((codes, text, mask), args, where)
+        if isinstance(got, (int, float)):
+            raise WrongAnswer(f"{where} you returned a Python number ({got:.4g}): return the loss as a tensor that "
+                              "still carries its graph (no .item()), so that loss.backward() can train the model")
+        got = expect_tensor(got, "next_token_loss", "a scalar tensor (the mean cross-entropy)")
+        if got.numel() != 1:
+            raise WrongAnswer(f"{where} expected one number (the mean over the real tokens), got a tensor of shape "
+                              f"{tuple(got.shape)}: average over every real token of every codebook and clip")
+        expected = model.loss(codes, text, mask)[0].detach()
+        if not got.requires_grad:
+            raise WrongAnswer(f"{where} your loss has no gradient: compute it from the model's logits, without "
+                              "torch.no_grad() or .detach(), so that loss.backward() reaches the weights")
+        value = got.detach().reshape(()).double()
+        if torch.allclose(value, expected.double(), rtol=1e-4, atol=1e-5):
+            continue
+        hint = ("target = delay_interleave(codes, V) with V = model.special_id; inputs = a V column then "
+                "target[:, :, :-1]; cross-entropy of model(inputs, text, text_mask) against target where target != V, "
+                "averaged over those positions")
+        with torch.no_grad():
+            for kwargs, variant_hint in LOSS_VARIANTS:
+                variant = reference_next_token_loss(model, codes, text, mask, **kwargs).double()
+                if torch.allclose(value, variant, rtol=1e-4, atol=1e-5):
+                    hint = variant_hint
+                    break
+        raise WrongAnswer(f"{where} expected a loss of {float(expected):.4f} nats/token, got {float(value):.4f}: {hint}")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -366,3 +455,179 @@ def check_cached_attention_step_impl(ctx: CheckContext, fn: Callable) -> None:
         if not _same(out, reference[:, :, sl]):
             raise WrongAnswer(f"{where}: the output differs from row {i} of full causal attention over the whole "
                               "sequence; a KV cache must give the same result as recomputing everything")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Task 6: the sampling loop, with classifier-free guidance and top-k
+# --------------------------------------------------------------------------------------------------------
+
+
+def reference_sample(model: AudioLM, text: torch.Tensor, text_mask: torch.Tensor, num_frames: int, cfg_scale: float,
+                     top_k: int, generator: torch.Generator | None = None, *, cfg_on: str = "logits",
+                     shift: str = "right", padding: str = "special", null: str = "mask", swap: bool = False,
+                     top_k_first: bool = False, use_top_k: bool = True) -> torch.Tensor:
+    """Sample codes ``(B, K, num_frames)`` step by step over the delay pattern, without a cache: at step ``s`` the
+    model reads the sequence shifted right (a ``special_id`` column, then steps ``< s``), the conditional and the
+    null-caption (all-False mask) branches are mixed on the logits ``uncond + cfg_scale · (cond − uncond)``, the
+    ``top_k`` largest survive, and one token per codebook is drawn with ``torch.multinomial(probs.reshape(B·K, V),
+    1, generator)``; padded positions keep ``special_id``. For the defaults, the same tokens as
+    :func:`course_lib.lm.sampling.generate` (temperature 1, ``top_p`` off) with the same generator. The keywords
+    build the wrong variants the check recognises: guidance on probabilities (``cfg_on="probs"``, clipped at 0 and
+    renormalised), no shift, sampled tokens left in padded positions (``padding="keep"``), a zeroed caption with
+    its mask as the unconditional branch (``null="zeros"``), the branches swapped, top-k applied to each branch
+    before mixing (``top_k_first``), no top-k at all."""
+    batch, k, special = text.shape[0], model.config.n_q, model.special_id
+    steps = num_frames + k - 1
+    seq = torch.full((batch, k, steps), special, dtype=torch.long)
+    if null == "mask":
+        both_text, both_mask = torch.cat([text, text]), torch.cat([text_mask, torch.zeros_like(text_mask)])
+    else:
+        both_text, both_mask = torch.cat([text, torch.zeros_like(text)]), torch.cat([text_mask, text_mask])
+    start = torch.full((batch, k, 1), special, dtype=torch.long)
+    frame_of_step = -torch.arange(k)  # codebook k holds frame s − k at step s
+    with torch.no_grad():
+        for s in range(steps):
+            inp = torch.cat([start, seq[:, :, :s]], dim=2) if shift == "right" else seq[:, :, : s + 1]
+            cond, uncond = model(torch.cat([inp, inp]), both_text, both_mask)[:, :, -1].float().chunk(2)
+            if swap:
+                cond, uncond = uncond, cond
+            if top_k_first:
+                cond, uncond = top_k_filter(cond, top_k), top_k_filter(uncond, top_k)
+            if cfg_on == "logits":
+                guided = uncond + cfg_scale * (cond - uncond)
+                if use_top_k and not top_k_first:
+                    guided = top_k_filter(guided, top_k)
+                probs = guided.softmax(dim=-1)
+            else:
+                probs = uncond.softmax(-1) + cfg_scale * (cond.softmax(-1) - uncond.softmax(-1))
+                if use_top_k:
+                    probs = probs.masked_fill(top_k_filter(probs, top_k) == float("-inf"), 0.0)
+                probs = probs.clamp(min=0.0)
+                probs = probs / probs.sum(dim=-1, keepdim=True)
+            probs = torch.nan_to_num(probs, nan=1.0 / probs.shape[-1])
+            tokens = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator).view(batch, k)
+            frame = s + frame_of_step
+            real = (frame >= 0) & (frame < num_frames)
+            seq[:, :, s] = tokens if padding == "keep" else torch.where(real, tokens, special)
+    return torch.stack([seq[:, i, i: i + num_frames] for i in range(k)], dim=1)
+
+
+SAMPLE_VARIANTS: list[tuple[dict, str]] = [
+    (dict(cfg_on="probs"), "you mixed PROBABILITIES: guidance mixes the LOGITS, uncond + s·(cond − uncond), then the "
+                           "softmax (mixed probabilities are not a distribution: they go negative for s > 1)"),
+    (dict(swap=True), "the branches are swapped: guided = uncond + s·(cond − uncond), cond from the caption, uncond "
+                      "from the all-False mask"),
+    (dict(null="zeros"), "the unconditional branch is the caption with an all-False MASK (torch.zeros_like(text_mask)), "
+                         "not zeroed embeddings with the caption's mask"),
+    (dict(shift="none"), "the input at step s is the sequence shifted RIGHT: a special_id column, then steps 0..s − 1 "
+                         "(length s + 1); its last position's logits predict step s"),
+    (dict(padding="keep"), "padding positions must keep special_id: at step s, codebook k holds a token only when "
+                           "0 <= s − k < num_frames"),
+    (dict(top_k_first=True), "top-k goes AFTER guidance: mix the two branches' full logits, then keep the k largest "
+                             "guided logits"),
+    (dict(use_top_k=False), "you did not apply top-k: keep only the k largest guided logits (the others -inf) before "
+                            "the softmax; top_k = 1 is greedy decoding"),
+]
+
+
+def _sample_greedy_cases() -> list[tuple[AudioLM, torch.Tensor, torch.Tensor, int, float]]:
+    g = seeded(55)
+    a, b = tiny_lm(3, 16, seed=2), tiny_lm(2, 8, seed=3)
+    cases = []
+    for model, batch, frames, scale in ((a, 2, 6, 3.0), (b, 1, 5, 5.0), (a, 1, 4, 1.0)):
+        text = torch.randn(batch, 4, 8, generator=g)
+        mask = torch.ones(batch, 4, dtype=torch.bool)
+        mask[-1, 3:] = False
+        cases.append((model, text, mask, frames, scale))
+    return cases
+
+
+def _call_sampler(ctx: CheckContext, fn: Callable, where: str, model: AudioLM, text: torch.Tensor,
+                  mask: torch.Tensor, frames: int, scale: float, top_k: int, generator: torch.Generator) -> torch.Tensor:
+    args = (text.clone(), mask.clone())
+    try:
+        got = ctx.call(fn, model, *args, frames, scale, top_k, generator)
+    except Exception as err:  # the harness reports the student's error; a negative probability is guidance on probs
+        cause = err.__cause__
+        if isinstance(cause, RuntimeError) and "probability" in str(cause):
+            raise WrongAnswer(f"{where} torch.multinomial refused your probabilities ({str(cause).splitlines()[0]}): "
+                              "they must be finite and >= 0. Mix the LOGITS, uncond + s·(cond − uncond), then top-k, "
+                              "then the softmax: mixed probabilities go negative for s > 1, and top-k on each branch "
+                              "before mixing gives −inf − (−inf) = NaN") from None
+        raise
+    _unchanged((text, mask), args, where)
+    b, k, v = text.shape[0], model.config.n_q, model.config.codebook_size
+    got = expect_tensor(got, "sample_with_cfg", "codes (B, K, num_frames)")
+    if tuple(got.shape) != (b, k, frames):
+        hint = ""
+        if tuple(got.shape) == (b, k, frames + k - 1):
+            hint = ": you returned the delayed sequence; undo the delay (your delay_deinterleave)"
+        raise WrongAnswer(f"{where} expected codes of shape (B, K, num_frames) = {(b, k, frames)}, got "
+                          f"{tuple(got.shape)}{hint}")
+    if got.is_floating_point() or got.dtype == torch.bool:
+        raise WrongAnswer(f"{where} expected integer codes, got {got.dtype}")
+    if int(got.min()) < 0 or int(got.max()) >= v:
+        raise WrongAnswer(f"{where} codes must lie in [0, {v - 1}], got values in [{int(got.min())}, {int(got.max())}]: "
+                          f"special_id = {v} marks padding inside the sequence and never reaches the codes")
+    return got
+
+
+@register_task("sample_with_cfg", LESSON,
+               hint_on_error="per step: inp = [V column, seq[:, :, :s]]; cond, uncond = model(both)[:, :, -1].chunk(2); "
+                             "guided = uncond + s·(cond − uncond); top-k; softmax; torch.multinomial.")
+def check_sample_with_cfg_impl(ctx: CheckContext, fn: Callable) -> None:
+    """``fn(model, text, text_mask, num_frames, cfg_scale, top_k, generator)`` must sample codes ``(B, K, T)``.
+
+    Greedy (``top_k = 1``): the tokens must be exactly :func:`course_lib.lm.sampling.generate`'s. Sampling
+    (``top_k = 3``, 600 copies of one caption): every drawn token must be among the top-k of the guided logits of
+    its own prefix, and the first step's draws must follow ``softmax(top-k(guided logits))``."""
+    # 1. greedy: deterministic, so the tokens must be the library's
+    for model, text, mask, frames, scale in _sample_greedy_cases():
+        where = (f"greedy (top_k = 1), cfg_scale = {scale:g}, {text.shape[0]} caption(s), K = {model.config.n_q}, "
+                 f"{frames} frames:")
+        got = _call_sampler(ctx, fn, where, model, text, mask, frames, scale, 1, seeded(56))
+        expected = generate(model, text, mask, frames, temperature=1.0, top_k=1, top_p=0.0, cfg_scale=scale,
+                            use_cache=False)
+        if torch.equal(got, expected):
+            continue
+        hint = ("at step s: input = [special_id column, seq[:, :, :s]]; guided = uncond + s·(cond − uncond) on the "
+                "last position's logits; keep the top-k; softmax; draw; write the tokens where 0 <= s − k < T, "
+                "special_id elsewhere")
+        for kwargs, variant_hint in SAMPLE_VARIANTS:
+            if torch.equal(got, reference_sample(model, text, mask, frames, scale, 1, seeded(56), **kwargs)):
+                hint = variant_hint
+                break
+        i = int((got != expected).flatten(1).any(dim=1).nonzero()[0])  # the first caption whose codes differ
+        raise WrongAnswer(f"{where} expected codes {expected[i].tolist()} for caption {i}, got {got[i].tolist()}: {hint}")
+    # 2. sampling: each token among the top-k of its guided logits, and the first step's draws follow them
+    model, text, mask, _, scale = _sample_greedy_cases()[0]
+    n, top_k, frames = 600, 3, 2
+    text, mask = text[:1].expand(n, -1, -1).contiguous(), mask[:1].expand(n, -1).contiguous()
+    where = f"sampling 600 times from one caption (top_k = {top_k}, cfg_scale = {scale:g}, {frames} frames):"
+    got = _call_sampler(ctx, fn, where, model, text, mask, frames, scale, top_k, seeded(57))
+    special = model.special_id
+    target = reference_delay_interleave(got, special)
+    inputs = torch.cat([torch.full_like(target[:, :, :1], special), target[:, :, :-1]], dim=2)
+    with torch.no_grad():
+        both = model(torch.cat([inputs, inputs]), torch.cat([text, text]),
+                     torch.cat([mask, torch.zeros_like(mask)])).float()
+        cond, uncond = both.chunk(2)
+        guided = uncond + scale * (cond - uncond)  # (n, K, S, V)
+    drawn = guided.gather(-1, target.clamp(max=special - 1)[..., None])[..., 0]
+    kth = guided.topk(top_k, dim=-1).values[..., -1]
+    outside = ((drawn < kth - 1e-4) & (target != special)).sum()
+    if outside:
+        raise WrongAnswer(f"{where} {int(outside)} drawn tokens are not among the top-{top_k} of the guided logits at "
+                          "their step: keep only the k largest GUIDED logits (mix first, then top-k), the rest -inf")
+    first = got[:, 0, 0]  # codebook 0 of frame 0: drawn at step 0, from the same context in every row
+    if int(first.unique().numel()) == 1:
+        raise WrongAnswer(f"{where} every draw gave the same first token: sample from the distribution "
+                          "(torch.multinomial on the softmax of the filtered logits), do not take the argmax")
+    expected = top_k_filter(guided[0, 0, 0], top_k).softmax(-1)
+    seen = torch.bincount(first, minlength=expected.numel()).double() / n
+    distance = 0.5 * float((seen - expected.double()).abs().sum())
+    if distance > 0.1:
+        raise WrongAnswer(f"{where} the first tokens' frequencies {[round(x, 2) for x in seen.tolist() if x > 0]} "
+                          f"are far from softmax(top-k(guided logits)) = "
+                          f"{[round(x, 2) for x in expected.tolist() if x > 0]} (total variation {distance:.2f}): "
+                          "draw from the softmax of the filtered guided logits, at temperature 1")
