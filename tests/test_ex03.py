@@ -3,6 +3,7 @@ and every check rejects plausible wrong answers with a hint that names the mista
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -18,12 +19,17 @@ from exercise_notebooks import (
 )
 
 from course_lib.exercises import check
-from course_lib.exercises.ex03 import LESSON, TCONV_CASES, reference_transposed_conv_length
+from course_lib.exercises.ex03 import (
+    LESSON,
+    gan_step_case,
+    reference_discriminator_step,
+    reference_generator_step,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "03_melgan.ipynb"
 EXERCISE = ROOT / "exercises" / "03_melgan.ipynb"
-TASK_IDS = ["stack_receptive_field", "transposed_conv_length", "hinge_losses", "feature_matching"]
+TASK_IDS = ["hinge_losses", "feature_matching", "discriminator_step", "generator_step"]
 NAMESPACE = {"math": math, "np": np, "torch": torch, "F": F}  # what the solution cells assume is imported
 
 
@@ -52,13 +58,32 @@ def test_check_on_the_untouched_exercise_says_not_implemented(capsys):
 
 @pytest.mark.float_path
 def test_known_answers_of_the_solution(solution_fns):
-    assert solution_fns["stack_receptive_field"](3, [1, 3, 9]) == 27
-    assert solution_fns["transposed_conv_length"](10, 16, 8, 4, 0) == 80  # MelGAN's r = 8: exactly 8 x
-    assert [reference_transposed_conv_length(*case) for case in TCONV_CASES] == [80, 66, 35, 11, 37, 8]
     d, g = solution_fns["hinge_losses"]([torch.tensor([2.0, 0.5])], [torch.tensor([-2.0, 0.0])])
     assert float(d) == pytest.approx(0.75) and float(g) == pytest.approx(1.0)
     fm = solution_fns["feature_matching"]([[torch.zeros(4), torch.zeros(100)]], [[torch.ones(4), torch.zeros(100)]])
     assert float(fm) == pytest.approx(0.5)  # each layer counts once, whatever its size
+
+
+def test_the_solution_phases_match_the_reference_phases(solution_fns):
+    """On the checker's tiny MelGAN, the solution's phases give the reference's loss and move the same weights."""
+    for name, reference, args in (("discriminator_step", reference_discriminator_step, ()),
+                                  ("generator_step", reference_generator_step, (2.5,))):
+        generator, discriminator, log_mel, audio = gan_step_case(0)
+        trained = 1 if name == "generator_step" else 0
+        mine = [copy.deepcopy(generator), copy.deepcopy(discriminator)]
+        ref = [copy.deepcopy(generator), copy.deepcopy(discriminator)]
+        loss = solution_fns[name](*mine, torch.optim.SGD(mine[trained].parameters(), lr=0.1), log_mel, audio, *args)
+        expected = reference(*ref, torch.optim.SGD(ref[trained].parameters(), lr=0.1), log_mel, audio, *args)
+        assert isinstance(loss, float) and loss == pytest.approx(expected, rel=1e-5)
+        for a, b in zip(mine[trained].parameters(), ref[trained].parameters()):
+            torch.testing.assert_close(a, b)
+        assert not torch.equal(next(mine[trained].parameters()), next(generator.parameters() if trained else
+                                                                          discriminator.parameters()))
+
+
+def test_a_tiny_case_makes_more_samples_than_the_audio_has():
+    generator, _, log_mel, audio = gan_step_case(0)
+    assert generator(log_mel).shape[-1] > audio.shape[-1]  # so a phase that forgets to crop is caught
 
 
 def _sum_scales_hinge(real, fake):
@@ -86,14 +111,57 @@ def _fm_flat(real_feats, fake_feats):
                         for rs, fs in zip(real_feats, fake_feats)]).mean()
 
 
+def _d_step(detach=True, crop=True, zero_grad=True, step=True, loss="hinge"):
+    """A discriminator phase with one plausible mistake switched on."""
+    def phase(generator, discriminator, optimizer, log_mel, audio):
+        with torch.set_grad_enabled(not detach):
+            fake = generator(log_mel)
+        fake = fake[..., : audio.shape[-1]] if crop else fake
+        real_logits, _ = discriminator(audio)
+        fake_logits, _ = discriminator(fake)
+        pairs = list(zip(real_logits, fake_logits))
+        terms = {
+            "hinge": [F.relu(1 - r).mean() + F.relu(1 + f).mean() for r, f in pairs],
+            "swapped": [F.relu(1 + r).mean() + F.relu(1 - f).mean() for r, f in pairs],
+            "least_squares": [((r - 1) ** 2).mean() + (f ** 2).mean() for r, f in pairs],
+            "cross_entropy": [F.softplus(-r).mean() + F.softplus(f).mean() for r, f in pairs],
+        }[loss]
+        d_loss = torch.stack(terms).mean()
+        if zero_grad:
+            optimizer.zero_grad()
+        d_loss.backward()
+        if step:
+            optimizer.step()
+        return d_loss.item()
+    return phase
+
+
+def _g_step(detach=False, zero_grad=True, adversarial="plain", use_lambda=True, real_grad=False):
+    """A generator phase with one plausible mistake switched on."""
+    def phase(generator, discriminator, optimizer, log_mel, audio, lambda_fm=10.0):
+        fake = generator(log_mel)[..., : audio.shape[-1]]
+        fake = fake.detach() if detach else fake
+        fake_logits, fake_feats = discriminator(fake)
+        with torch.set_grad_enabled(real_grad):
+            _, real_feats = discriminator(audio)
+        adv = torch.stack([{"plain": -f.mean(), "hinge": F.relu(1 - f).mean(), "plus": f.mean()}[adversarial]
+                           for f in fake_logits]).mean()
+        fm = _fm(real_feats, fake_feats)
+        g_loss = adv + (lambda_fm if use_lambda else 1.0) * fm
+        if zero_grad:
+            optimizer.zero_grad()
+        g_loss.backward()
+        optimizer.step()
+        return g_loss.item()
+    return phase
+
+
+def test_a_generator_phase_with_gradients_into_the_real_features_is_still_right(capsys):
+    # the real side does not depend on the generator, so forgetting no_grad there wastes compute but is not wrong
+    assert check("generator_step", _g_step(real_grad=True)) is True
+
+
 @pytest.mark.parametrize("task_id, wrong, hint", [
-    ("stack_receptive_field", lambda k, d: k * sum(d), "widens the field by k - 1 (not k)"),
-    ("stack_receptive_field", lambda k, d: (k - 1) * sum(d), "one sample short"),
-    ("stack_receptive_field", lambda k, d: 1 + (k - 1) * len(d), "you ignored the dilations"),
-    ("stack_receptive_field", lambda k, d: 27.0, "should return an int"),
-    ("transposed_conv_length", lambda n, k, s, p, o: n * s, "length x stride is what MelGAN's choice"),
-    ("transposed_conv_length", lambda n, k, s, p, o: (n - 1) * s - p + k + o, "subtract 2 x padding"),
-    ("transposed_conv_length", lambda n, k, s, p, o: (n - 1) * s - 2 * p + k, "you forgot output_padding"),
     ("hinge_losses", _sum_scales_hinge, "you summed the scales"),
     ("hinge_losses", _no_relu_hinge, "it is not a hinge: clip each term"),
     ("hinge_losses", _hinge_generator, "the generator's term is not a hinge"),
@@ -102,6 +170,20 @@ def _fm_flat(real_feats, fake_feats):
     ("feature_matching", _fm_flat, "big layers dominate"),
     ("feature_matching", lambda r, f: _fm(r, f, detach=False), "the gradient reaches the real features"),
     ("feature_matching", lambda r, f: _fm(r, f).detach(), "your loss carries no gradient"),
+    ("discriminator_step", _d_step(detach=False), "sent gradients into the generator"),
+    ("discriminator_step", _d_step(loss="swapped"), "the hinge signs are swapped"),
+    ("discriminator_step", _d_step(loss="least_squares"), "least-squares GAN loss"),
+    ("discriminator_step", _d_step(loss="cross_entropy"), "cross-entropy (original GAN) loss"),
+    ("discriminator_step", _d_step(crop=False), "crop the fake audio to the real length"),
+    ("discriminator_step", _d_step(zero_grad=False), "call optimizer.zero_grad() before loss.backward()"),
+    ("discriminator_step", _d_step(step=False), "call optimizer.step()"),
+    ("discriminator_step", lambda *args: None, "returned None"),
+    ("generator_step", _g_step(adversarial="hinge"), "adversarial term is not a hinge"),
+    ("generator_step", _g_step(adversarial="plus"), "wrong sign on the adversarial term"),
+    ("generator_step", _g_step(use_lambda=False), "weighted by lambda_fm"),
+    ("generator_step", _g_step(detach=True), "no gradient of this loss reached the generator"),
+    ("generator_step", _g_step(zero_grad=False), "call optimizer.zero_grad() before loss.backward()"),
+    ("generator_step", lambda g, d, o, m, a, lam=10.0: _g_step()(g, d, o, m, a, 10.0), "with lambda_fm=2.5"),
 ])
 def test_each_check_rejects_a_plausible_wrong_answer_with_a_hint(task_id, wrong, hint, capsys):
     assert check(task_id, wrong) is False
