@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchaudio.functional as AF
 from exercise_notebooks import (
     assert_check_passes_quickly,
@@ -18,15 +19,21 @@ from exercise_notebooks import (
 
 from course_lib.codecs.codec import Codec, CodecConfig
 from course_lib.exercises import check
-from course_lib.exercises.ex02 import LESSON, _is_nearest_path, reference_mr_stft_loss, reference_rvq_encode
+from course_lib.exercises.ex02 import (
+    LESSON,
+    PlainSGD,
+    reference_codec_train_step,
+    reference_mr_stft_loss,
+    train_step_codec,
+    train_step_mel_loss,
+)
 from course_lib.exercises.grade import grade_many
-from course_lib.quantize import ResidualVectorQuantizer
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "02_neural_codec.ipynb"
 EXERCISE = ROOT / "exercises" / "02_neural_codec.ipynb"
-TASK_IDS = ["codec_bitrate", "rvq_encode", "multi_resolution_stft_loss", "mu_law_encode"]
-NAMESPACE = {"math": math, "torch": torch}  # what the solution cells assume is imported
+TASK_IDS = ["codec_bitrate", "codec_train_step", "multi_resolution_stft_loss", "mu_law_encode"]
+NAMESPACE = {"math": math, "torch": torch, "F": F}  # what the solution cells assume is imported
 
 
 def _functions(path: Path) -> dict:
@@ -59,37 +66,24 @@ def test_references_and_known_answers_agree_with_the_library(solution_fns):
     assert bitrate(16_000, [8, 5, 4, 2], 4, 2048) == pytest.approx(2.2)
     codec = Codec(CodecConfig(n_filters=2, dimension=4, lstm=0, n_q=3, codebook_size=16))
     assert bitrate(16_000, [8, 5, 4, 2], 2, 16) * 1000 == pytest.approx(codec.bitrate(2))
-    # the RVQ reference is the library quantizer's encode, given the same codebooks
-    torch.manual_seed(0)
-    rvq = ResidualVectorQuantizer(dim=4, n_q=3, codebook_size=8).eval()
-    books = torch.stack([layer.codebook for layer in rvq.layers])
-    z = torch.randn(2, 4, 9)
-    assert torch.equal(reference_rvq_encode(z, books), rvq.encode(z))  # the same nearest_code calls: same path
-    solution = solution_fns["rvq_encode"](z, books)  # its own distance formula: the same choices up to rounding
-    assert solution.shape == (2, 3, 9) and _is_nearest_path(z, books, solution)
-    hand = solution_fns["rvq_encode"](torch.tensor([[[4.9, 7.2, -0.6]]]),
-                                      torch.tensor([[[0.0], [4.0], [8.0]], [[-1.0], [0.0], [1.0]]]))
-    assert hand.tolist() == [[[1, 2, 0], [2, 0, 0]]]  # 4.9 → 4 + 1, 7.2 → 8 − 1, −0.6 → 0 − 1
+    # the training-step reference is the lesson's loss: 0.1·L1 + 2·mel + commitment; the solution gives the same
+    # loss and the same weights, and with stale gradients left in .grad the update is still the clean one
+    losses, weights = [], []
+    for step_fn in (solution_fns["codec_train_step"], reference_codec_train_step):
+        model, mel_loss = train_step_codec(), train_step_mel_loss()
+        wav = 0.3 * torch.randn(2, 1, 960, generator=torch.Generator().manual_seed(1))
+        losses.append(step_fn(model, PlainSGD(model.parameters(), lr=0.1), wav, mel_loss, 0.5))
+        weights.append([p.detach().clone() for p in model.parameters()])
+        recon, q = train_step_codec()(wav)
+        assert losses[-1] == pytest.approx(float((0.1 * F.l1_loss(recon, wav) + 2 * mel_loss(recon, wav) + q.loss).detach()),
+                                           rel=1e-5)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    assert all(torch.allclose(a, b) for a, b in zip(*weights))
     x = torch.randn(2, 3000)
     assert float(solution_fns["multi_resolution_stft_loss"](x, x, (256, 512))) == 0.0
     assert float(reference_mr_stft_loss(0.5 * x, x, (256,))) > 0
     levels = solution_fns["mu_law_encode"](torch.tensor([-1.0, 0.0, 1.0]), 255)
     assert levels.tolist() == [0, 128, 255] == AF.mu_law_encoding(torch.tensor([-1.0, 0.0, 1.0]), 256).tolist()
-
-
-@pytest.mark.float_path
-def test_rvq_check_accepts_ties_broken_the_other_way(capsys):
-    def cdist_rvq(z, codebooks):  # float64 distances: may break near-ties differently from the reference
-        b, d, t = z.shape
-        residual = z.movedim(1, -1).reshape(-1, d).double()
-        codes = []
-        for codebook in codebooks.double():
-            index = torch.cdist(residual, codebook).argmin(dim=1)
-            residual = residual - codebook[index]
-            codes.append(index)
-        return torch.stack(codes, 1).reshape(b, t, -1).permute(0, 2, 1)
-
-    assert check("rvq_encode", cdist_rvq) is True
 
 
 # --- plausible wrong answers -------------------------------------------------------------------------
@@ -107,26 +101,30 @@ def _k_not_log(rate, ratios, n_q, k):
     return rate / math.prod(ratios) * n_q * k / 1000
 
 
-def _no_residual(z, codebooks):
-    b, d, t = z.shape
-    flat = z.movedim(1, -1).reshape(-1, d)
-    codes = [torch.cdist(flat, cb).argmin(dim=1) for cb in codebooks]
-    return torch.stack(codes, 1).reshape(b, t, -1).permute(0, 2, 1)
+def _wrong_step(**wrong):
+    def step(codec, optimizer, wav, mel_loss, max_norm):
+        return reference_codec_train_step(codec, optimizer, wav, mel_loss, max_norm, **wrong)
+    return step
 
 
-def _inner_product_rvq(z, codebooks):
-    b, d, t = z.shape
-    residual = z.movedim(1, -1).reshape(-1, d)
-    codes = []
-    for cb in codebooks:
-        index = (residual @ cb.T).argmax(dim=1)
-        residual = residual - cb[index]
-        codes.append(index)
-    return torch.stack(codes, 1).reshape(b, t, -1).permute(0, 2, 1)
+def _tensor_loss(codec, optimizer, wav, mel_loss, max_norm):
+    recon, q = codec(wav)
+    loss = 0.1 * F.l1_loss(recon, wav) + 2.0 * mel_loss(recon, wav) + q.loss
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(codec.parameters(), max_norm)
+    optimizer.step()
+    return loss
 
 
-def _wrong_layout(z, codebooks):
-    return reference_rvq_encode(z, codebooks).permute(0, 2, 1)
+def _clip_after_step(codec, optimizer, wav, mel_loss, max_norm):
+    recon, q = codec(wav)
+    loss = 0.1 * F.l1_loss(recon, wav) + 2.0 * mel_loss(recon, wav) + q.loss
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    torch.nn.utils.clip_grad_norm_(codec.parameters(), max_norm)
+    return loss.item()
 
 
 def _summed_resolutions(estimate, target, sizes):
@@ -162,10 +160,13 @@ def _float_levels(x, mu):
     ("codec_bitrate", _sum_of_ratios, "the hop is the PRODUCT of the strides"),
     ("codec_bitrate", _k_not_log, "carries log2(K) bits, not K"),
     ("codec_bitrate", lambda r, ratios, n, k: _bits(r, ratios, n, k) / 1024, "a kilobit here is 1000 bits"),
-    ("rvq_encode", _no_residual, "every stage quantized z itself"),
-    ("rvq_encode", _inner_product_rvq, "not the largest inner product"),
-    ("rvq_encode", _wrong_layout, "expected codes of shape (B, K, T)"),
-    ("rvq_encode", lambda z, books: reference_rvq_encode(z, books).float(), "return integer indices"),
+    ("codec_train_step", _wrong_step(vq=False), "your loss has no commitment term"),
+    ("codec_train_step", _wrong_step(weights=(1.0, 1.0)), "weigh the terms: 0.1 × the waveform L1"),
+    ("codec_train_step", _wrong_step(weights=(0.0, 2.0)), "the waveform L1 term is missing"),
+    ("codec_train_step", _wrong_step(clip=False), "the update was not clipped"),
+    ("codec_train_step", _clip_after_step, "the update was not clipped"),
+    ("codec_train_step", _wrong_step(zero_grad=False), "call optimizer.zero_grad() before loss.backward()"),
+    ("codec_train_step", _tensor_loss, "return loss.item(), a Python float"),
     ("multi_resolution_stft_loss", _summed_resolutions, "not sum them"),
     ("multi_resolution_stft_loss", _linear_magnitude, "compares LOG magnitudes"),
     ("multi_resolution_stft_loss", _power, "not the power"),
@@ -189,5 +190,5 @@ def test_grader_gives_full_marks_to_the_solution_and_zero_to_the_exercise(tmp_pa
     full, empty = grade_many([solution, untouched], jobs=2, solutions_dir=ROOT / "solutions", timeout=120,
                              cell_timeout=30)
     assert full.status == "completed" and {s.task: s.points for s in full.scores} == {
-        "codec_bitrate": 1, "rvq_encode": 3, "multi_resolution_stft_loss": 2, "mu_law_encode": 2}
+        "codec_bitrate": 1, "codec_train_step": 3, "multi_resolution_stft_loss": 2, "mu_law_encode": 2}
     assert empty.total == 0 and empty.max_total == 8

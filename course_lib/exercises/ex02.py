@@ -1,13 +1,13 @@
-"""Checks for exercise notebook 02, the neural codec: bitrate, residual-VQ encoding, multi-resolution STFT loss,
-μ-law companding.
+"""Checks for exercise notebook 02, the neural codec: bitrate, one codec training step, multi-resolution STFT
+loss, μ-law companding.
 
 Each checker compares the student's function with a reference written out here (or the library's:
-:func:`course_lib.quantize.nearest_code`, :func:`torchaudio.functional.mu_law_encoding`) on hand-made and random
+:class:`course_lib.codecs.codec.Codec`, :func:`torchaudio.functional.mu_law_encoding`) on hand-made and random
 inputs, and turns the first mismatch into a hint naming the likeliest mistake: bits instead of kilobits,
-``K`` instead of ``log2 K``, the sum of the strides instead of their product; every RVQ stage quantizing
-``z`` instead of the residual; a sum over resolutions, a missing log, a power spectrum; truncation instead
-of rounding, ``log`` instead of ``log1p``, a lost sign.
-"""
+``K`` instead of ``log2 K``, the sum of the strides instead of their product; a training step without the
+commitment term, with unweighted terms, without gradient clipping or without ``zero_grad``; a sum over
+resolutions, a missing log, a power spectrum; truncation instead of rounding, ``log`` instead of ``log1p``, a
+lost sign."""
 
 from __future__ import annotations
 
@@ -16,14 +16,18 @@ import numbers
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 import torchaudio.functional as AF
+from torch import nn
 
+from course_lib.codecs.codec import Codec, CodecConfig
+from course_lib.codecs.losses import MultiScaleMelLoss
 from course_lib.exercises.checks import CheckContext, WrongAnswer, expect_tensor, register_task, seeded
-from course_lib.quantize import is_nearest, nearest_code
 
 LESSON = "02_neural_codec"
 
-__all__ = ["LESSON", "reference_mr_stft_loss", "reference_rvq_encode"]
+__all__ = ["LESSON", "PlainSGD", "reference_codec_train_step", "reference_mr_stft_loss", "train_step_codec",
+           "train_step_mel_loss"]
 
 
 def _number(value: object, fn_name: str) -> float:
@@ -46,7 +50,7 @@ def _unchanged(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor], wh
 # --------------------------------------------------------------------------------------------------------
 
 BITRATE_CASES: list[tuple[int, tuple[int, ...], int, int]] = [
-    (16_000, (8, 5, 4, 2), 4, 2048),  # AudioGen's codec: 2.2 kbps
+    (16_000, (8, 5, 4, 2), 4, 2048),  # audiocraft's released AudioGen codec: 2.2 kbps
     (24_000, (8, 5, 4, 2), 8, 1024),  # EnCodec 24 kHz at 6 kbps
     (24_000, (8, 5, 4, 2), 32, 1024),  # ... and at 24 kbps
     (16_000, (4, 4, 2), 1, 256),
@@ -86,105 +90,157 @@ def check_codec_bitrate_impl(ctx: CheckContext, fn: Callable) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Task 2: residual VQ encoding
+# Task 2: one training step of the codec
 # --------------------------------------------------------------------------------------------------------
 
-
-def reference_rvq_encode(z: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
-    """Residual-VQ codes of ``z`` ``(B, D, T)`` with ``codebooks`` ``(K, N, D)`` → long ``(B, K, T)``."""
-    b, d, t = z.shape
-    residual = z.movedim(1, -1).reshape(-1, d)
-    codes = []
-    for codebook in codebooks:
-        index = nearest_code(residual, codebook)
-        residual = residual - codebook[index]
-        codes.append(index)
-    return torch.stack(codes, dim=1).reshape(b, t, -1).permute(0, 2, 1)
+TRAIN_STEP_LR = 0.05
+TRAIN_STEP_MAX_NORM = 0.05  # small enough that every step of the check is clipped
+L1_WEIGHT, MEL_WEIGHT = 0.1, 2.0  # audiocraft's weights for the time L1 and the multi-scale mel loss
 
 
-def _rvq_cases() -> list[tuple[torch.Tensor, torch.Tensor]]:
-    hand_z = torch.tensor([[[4.9, 7.2, -0.6]]])  # (1, 1, 3)
-    hand_books = torch.tensor([[[0.0], [4.0], [8.0]], [[-1.0], [0.0], [1.0]]])  # (2, 3, 1)
-    g = seeded(2)
-    scales = torch.tensor([1.0, 0.5, 0.25, 0.125])[:, None, None]  # later stages refine: smaller codes
-    books = torch.randn(4, 16, 8, generator=g) * scales
-    z = torch.randn(2, 8, 40, generator=g)
-    books2 = torch.randn(3, 32, 5, generator=g) * torch.tensor([2.0, 0.7, 0.2])[:, None, None]
-    z2 = torch.randn(3, 5, 17, generator=g) * 2
-    return [(hand_z, hand_books), (z, books), (z2, books2)]
+class PlainSGD:
+    """Plain SGD (``p ← p − lr·grad``) with the interface a training step uses: ``zero_grad()``, ``step()``,
+    ``param_groups``. The check hands it to the student's step instead of ``torch.optim.SGD``, which computes
+    the same update: creating the first ``torch.optim`` optimizer in a process imports torch's compiler
+    stack, several seconds that a check's time limit cannot spare."""
+
+    def __init__(self, params, lr: float) -> None:
+        self.param_groups = [{"params": list(params), "lr": lr}]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.param_groups[0]["params"]:
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        group = self.param_groups[0]
+        for p in group["params"]:
+            if p.grad is not None:
+                p.add_(p.grad, alpha=-group["lr"])
 
 
-def _is_nearest_path(z: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tensor) -> bool:
-    """True if every stage's code is (up to float rounding) a nearest code of the residual that the
-    student's own earlier choices leave: accepts ties broken differently."""
-    d = z.shape[1]
-    residual = z.movedim(1, -1).reshape(-1, d).double()
-    flat_codes = codes.permute(0, 2, 1).reshape(-1, codes.shape[1])
-    for k, codebook in enumerate(codebooks.double()):
-        if not is_nearest(residual, codebook, flat_codes[:, k]):
-            return False
-        residual = residual - codebook[flat_codes[:, k]]
-    return True
+def train_step_codec() -> Codec:
+    """A tiny codec in training mode, the same every call: 2 filters, 4-d latent, no LSTM, 2 × 8 codes; no
+    k-means and no dead-code restarts, so its EMA codebook update is deterministic."""
+    torch.manual_seed(0)
+    codec = Codec(CodecConfig(n_filters=2, dimension=4, lstm=0, n_q=2, codebook_size=8, kmeans_init=False,
+                              dead_code_threshold=0.0))
+    return codec.train()
 
 
-@register_task("rvq_encode", LESSON, hint_on_error="loop over the K codebooks; keep a residual; use nearest codes.")
-def check_rvq_encode_impl(ctx: CheckContext, fn: Callable) -> None:
-    """``fn(z (B, D, T), codebooks (K, N, D))`` must return the long ``(B, K, T)`` residual-VQ codes."""
-    for z, books in _rvq_cases():
-        expected = reference_rvq_encode(z, books)
-        z_in, books_in = z.clone(), books.clone()
-        got = expect_tensor(ctx.call(fn, z_in, books_in), "rvq_encode", "a tensor of code indices")
-        b, d, t = z.shape
-        k = books.shape[0]
-        where = f"for z of shape {(b, d, t)} and codebooks of shape {tuple(books.shape)}"
-        _unchanged((z, books), (z_in, books_in), where)
-        if got.is_floating_point() or got.is_complex():
-            raise WrongAnswer(f"{where} you returned {got.dtype} values: return integer indices (argmin gives "
-                              "torch.long), not the code vectors or distances")
-        if got.shape != expected.shape:
-            if got.shape in ((b, t, k), (k, b, t)):
-                hint = "stack the stages on dim 1 so that codes[:, k] are stage k's indices"
-            else:
-                hint = "one index per stage and frame"
-            raise WrongAnswer(f"{where} expected codes of shape (B, K, T) = {tuple(expected.shape)}, got "
-                              f"{tuple(got.shape)}: {hint}")
-        got = got.long()
-        if (got < 0).any() or (got >= books.shape[1]).any():
-            raise WrongAnswer(f"{where} some indices fall outside [0, {books.shape[1]}): each is a row of a codebook")
-        if torch.equal(got, expected) or _is_nearest_path(z, books, got):
+def train_step_mel_loss() -> MultiScaleMelLoss:
+    """The check's multi-scale mel loss: two scales (windows 64 and 128), enough for 960-sample clips."""
+    return MultiScaleMelLoss(16_000, n_ffts=(64, 128))
+
+
+def _train_step_batches() -> list[torch.Tensor]:
+    g = seeded(7)
+    t = torch.arange(960) / 16_000
+    tones = torch.sin(2 * math.pi * torch.tensor([[220.0], [660.0]]) * t)[:, None]  # (2, 1, 960)
+    return [0.5 * tones + 0.05 * torch.randn(2, 1, 960, generator=g) for _ in range(2)]
+
+
+def reference_codec_train_step(codec: nn.Module, optimizer: torch.optim.Optimizer | PlainSGD, wav: torch.Tensor,
+                               mel_loss: nn.Module, max_norm: float = 1.0, *, clip: bool = True,
+                               zero_grad: bool = True, vq: bool = True, weights: tuple[float, float] = (
+                                   L1_WEIGHT, MEL_WEIGHT)) -> float:
+    """One step: ``recon, q = codec(wav)``, loss ``0.1·L1 + 2·mel + q.loss``, clear the gradients, backward,
+    clip their global norm to ``max_norm``, optimizer step; returns the loss as a float. The keywords switch
+    parts off or change the weights (the wrong versions the check names)."""
+    recon, q = codec(wav)
+    loss = weights[0] * F.l1_loss(recon, wav) + weights[1] * mel_loss(recon, wav) + (q.loss if vq else 0.0)
+    if zero_grad:
+        optimizer.zero_grad()
+    loss.backward()
+    if clip:
+        torch.nn.utils.clip_grad_norm_(codec.parameters(), max_norm)
+    optimizer.step()
+    return float(loss.detach())
+
+
+def _params(model: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _close(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.allclose(x, y, rtol=1e-5, atol=1e-7) for x, y in zip(a, b))
+
+
+def _stale_gradients(codec: nn.Module) -> None:
+    """Leave large gradients in every ``.grad``, as an earlier backward (a validation pass, a previous step)
+    would: a step that does not clear them before its backward adds them to its own."""
+    g = seeded(11)
+    for p in codec.parameters():
+        p.grad = 10 * torch.randn(p.shape, generator=g)
+
+
+def _run_reference(steps: int, **wrong) -> tuple[list[float], list[list[torch.Tensor]]]:
+    codec, mel_loss = train_step_codec(), train_step_mel_loss()
+    _stale_gradients(codec)
+    optimizer = PlainSGD(codec.parameters(), lr=TRAIN_STEP_LR)
+    losses, params = [], []
+    for batch in _train_step_batches()[:steps]:
+        losses.append(reference_codec_train_step(codec, optimizer, batch, mel_loss, TRAIN_STEP_MAX_NORM, **wrong))
+        params.append(_params(codec))
+    return losses, params
+
+
+@register_task("codec_train_step", LESSON,
+               hint_on_error="forward, loss = 0.1·L1 + 2·mel + q.loss, zero_grad, backward, clip_grad_norm_, "
+                             "step, return loss.item().")
+def check_codec_train_step_impl(ctx: CheckContext, fn: Callable) -> None:
+    """``fn(codec, optimizer, wav, mel_loss, max_norm)`` → float, called for two steps on a tiny training-mode
+    ``Codec`` (:class:`PlainSGD`; stale gradients left in ``.grad`` before the first); the returned losses and the weights after each step are compared with
+    :func:`reference_codec_train_step` and with named wrong versions."""
+    codec, mel_loss = train_step_codec(), train_step_mel_loss()
+    _stale_gradients(codec)
+    before = _params(codec)
+    optimizer = PlainSGD(codec.parameters(), lr=TRAIN_STEP_LR)
+    expected_losses, expected_params = _run_reference(2)
+    where = (f"on a tiny Codec trained with SGD (lr {TRAIN_STEP_LR}) and max_norm={TRAIN_STEP_MAX_NORM}, for "
+             "clips of shape (2, 1, 960)")
+    for step, batch in enumerate(_train_step_batches()):
+        value = ctx.call(fn, codec, optimizer, batch.clone(), mel_loss, TRAIN_STEP_MAX_NORM)
+        if value is None:
+            raise WrongAnswer("codec_train_step returned None: return the loss as a float, loss.item()")
+        if isinstance(value, torch.Tensor):
+            raise WrongAnswer(f"{where} you returned a tensor: return loss.item(), a Python float (a tensor keeps "
+                              "its whole graph alive in a list of losses)")
+        if not isinstance(value, (int, float)):
+            raise WrongAnswer(f"{where} expected a float (loss.item()), got {type(value).__name__}")
+        at = f"{where}, step {step + 1}:"
+        if not math.isclose(value, expected_losses[step], rel_tol=1e-4, abs_tol=1e-6):
+            if step == 0:
+                with torch.no_grad():
+                    recon, q = train_step_codec()(batch)
+                    l1, mel, vq = (float(t) for t in (F.l1_loss(recon, batch), mel_loss(recon, batch), q.loss))
+                if math.isclose(value, L1_WEIGHT * l1 + MEL_WEIGHT * mel, rel_tol=1e-4):
+                    raise WrongAnswer(f"{at} your loss has no commitment term: add q.loss (the quantizer's "
+                                      "commitment loss), or the encoder's latents drift away from the codebooks")
+                if any(math.isclose(value, v, rel_tol=1e-4) for v in (l1 + mel + vq, l1 + mel, mel + vq)):
+                    raise WrongAnswer(f"{at} weigh the terms: 0.1 × the waveform L1 plus 2 × the multi-scale mel "
+                                      "loss plus q.loss (audiocraft's weights)")
+                if math.isclose(value, MEL_WEIGHT * mel + vq, rel_tol=1e-4):
+                    raise WrongAnswer(f"{at} the waveform L1 term is missing: 0.1 × F.l1_loss(recon, wav)")
+            raise WrongAnswer(f"{at} returned loss {value:.5f}, expected {expected_losses[step]:.5f} (the loss "
+                              "computed before the update: 0.1·L1(recon, wav) + 2·mel_loss(recon, wav) + q.loss)")
+        params = _params(codec)
+        if _close(params, expected_params[step]):
             continue
-        flat = z.movedim(1, -1).reshape(-1, d)
-        no_residual = torch.stack([nearest_code(flat, cb) for cb in books], 1).reshape(b, t, k).permute(0, 2, 1)
-        inner = []
-        residual = flat
-        for cb in books:
-            index = (residual @ cb.T).argmax(dim=1)
-            residual = residual - cb[index]
-            inner.append(index)
-        inner_codes = torch.stack(inner, 1).reshape(b, t, k).permute(0, 2, 1)
-        last_only, previous = [], None
-        for cb in books:
-            target = flat if previous is None else flat - previous
-            index = nearest_code(target, cb)
-            previous = cb[index]
-            last_only.append(index)
-        last_only_codes = torch.stack(last_only, 1).reshape(b, t, k).permute(0, 2, 1)
-        if torch.equal(got, no_residual):
-            hint = ("every stage quantized z itself: stage k must quantize the residual r_k = z − (sum of the "
-                    "vectors chosen by the stages before it)")
-        elif torch.equal(got, inner_codes):
-            hint = "the nearest code minimises ‖r − e‖², which is not the largest inner product r·e"
-        elif torch.equal(got, last_only_codes):
-            hint = ("your residual only removes the previous stage's vector from z: subtract every earlier "
-                    "stage's vector (update the residual, r ← r − e, and keep going)")
-        elif torch.equal(got[:, 0], expected[:, 0]):
-            bad = int((got != expected).any(dim=(0, 2)).nonzero()[0])
-            hint = (f"stage 0 is right but stage {bad} is not: after each stage, subtract the chosen code vectors "
-                    "from the residual before the next stage")
-        else:
-            hint = ("stage 0 is already wrong: move the feature axis last (z.movedim(1, -1)) so that each frame "
-                    "is one D-dimensional vector, then take its nearest code")
-        raise WrongAnswer(f"{where}: {hint}")
+        if step == 0 and _close(params, before):
+            raise WrongAnswer(f"{at} the weights did not change: call optimizer.step() after loss.backward(), and "
+                              "do not zero the gradients between them")
+        if step == 0 and _close(params, _run_reference(1, clip=False)[1][0]):
+            raise WrongAnswer(f"{at} the update was not clipped: call torch.nn.utils.clip_grad_norm_("
+                              "codec.parameters(), max_norm) between loss.backward() and optimizer.step()")
+        if step == 0 and _close(params, _run_reference(1, zero_grad=False)[1][0]):
+            raise WrongAnswer(f"{at} the gradients already in .grad were added to this step's: call "
+                              "optimizer.zero_grad() before loss.backward() (gradients accumulate in .grad)")
+        raise WrongAnswer(f"{at} the weights after your step differ from one SGD step on the clipped gradient "
+                          "of 0.1·L1 + 2·mel + q.loss: order zero_grad, backward, clip, step")
 
 
 # --------------------------------------------------------------------------------------------------------
