@@ -32,6 +32,7 @@ from course_lib.exercises import check
 from course_lib.exercises.ex07 import (
     EMBEDDING_CASES,
     LESSON,
+    STEP_LR,
     ddim_cases,
     film_cases,
     q_sample_cases,
@@ -39,7 +40,10 @@ from course_lib.exercises.ex07 import (
     reference_embedding,
     reference_film,
     reference_q_sample,
+    reference_train_step,
     to_x0_eps_cases,
+    train_step_cases,
+    train_step_net,
 )
 from course_lib.exercises.grade import grade_many, solution_tasks
 from course_lib.nn.transformer import sinusoidal_embedding
@@ -47,8 +51,8 @@ from course_lib.nn.transformer import sinusoidal_embedding
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "07_noise2music.ipynb"
 EXERCISE = ROOT / "exercises" / "07_noise2music.ipynb"
-TASK_IDS = ["q_sample", "to_x0_eps", "ddim_step", "timestep_embedding", "film"]
-NAMESPACE = {"math": math, "torch": torch, "F": F, "nn": nn}  # the solution cells' imports
+TASK_IDS = ["q_sample", "to_x0_eps", "ddim_step", "timestep_embedding", "film", "train_step"]
+NAMESPACE = {"math": math, "torch": torch, "F": F, "nn": nn, "alpha_sigma": alpha_sigma}  # the solution cells' imports
 
 
 @pytest.fixture(autouse=True)
@@ -67,7 +71,7 @@ def solution_fns() -> dict:
 def test_notebook_tasks_match_the_registry_and_the_exercise_is_fresh():
     assert_generated_and_registered(SOLUTION, EXERCISE, LESSON, TASK_IDS)
     assert solution_tasks(SOLUTION) == {"q_sample": 1, "to_x0_eps": 2, "ddim_step": 2, "timestep_embedding": 2,
-                                        "film": 2}
+                                        "film": 2, "train_step": 2}
 
 
 @pytest.mark.parametrize("task_id", TASK_IDS)
@@ -270,6 +274,38 @@ def _film_new_linear(h, emb, norm, lin):
     return reference_film(h, emb, norm, nn.Linear(lin.in_features, lin.out_features))
 
 
+def _step(target: str = "v", reduce: str = "mean", zero_grad: bool = True, clip: bool = True, step: bool = True,
+          step_first: bool = False, detach_pred: bool = False, returns: str = "item"):
+    """A train_step with one plausible mistake."""
+    def train_step(net, optimiser, x0, t, noise, max_norm=1.0):
+        alpha, sigma = (s.view(-1, 1, 1) for s in alpha_sigma("cosine", t))
+        if target == "alpha_bar":
+            alpha, sigma = alpha ** 2, sigma ** 2
+        x_t = alpha * x0 + sigma * noise
+        y = {"v": alpha * noise - sigma * x0, "alpha_bar": alpha * noise - sigma * x0, "-v": sigma * x0 - alpha * noise,
+             "eps": noise, "x0": x0}[target]
+        pred = net(x_t, t)
+        if detach_pred:
+            pred = pred.detach().requires_grad_()
+        err = (pred - y).pow(2)
+        loss = err.mean() if reduce == "mean" else err.sum()
+        if step_first:
+            optimiser.zero_grad()
+            optimiser.step()
+            loss.backward()
+            return loss.item()
+        if zero_grad:
+            optimiser.zero_grad()
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), max_norm)
+        if step:
+            optimiser.step()
+        return [loss.item()] if returns == "tensor_list" else loss.item()
+
+    return train_step
+
+
 @pytest.mark.parametrize("task_id, wrong, hint", [
     ("q_sample", _q(signal=lambda ab: ab, noise_scale=lambda ab: 1 - ab), "those are the VARIANCES"),
     ("q_sample", _q(signal=lambda ab: ab), "the signal scale is α = √ᾱ, not ᾱ"),
@@ -329,6 +365,18 @@ def _film_new_linear(h, emb, norm, lin):
     ("film", _film(plain_norm=True), "use the norm passed in"),
     ("film", _film_no_unsqueeze, "add a time axis, .unsqueeze(-1)"),
     ("film", _film_new_linear, "do not create new ones inside your function"),
+    ("train_step", _step(target="eps"), "not the noise ε"),
+    ("train_step", _step(target="x0"), "not the clean signal x0"),
+    ("train_step", _step(target="-v"), "the sign of v"),
+    ("train_step", _step(target="alpha_bar"), "you squared them"),
+    ("train_step", _step(reduce="sum"), "take the MEAN"),
+    ("train_step", _step(zero_grad=False), "call optimiser.zero_grad() before loss.backward()"),
+    ("train_step", _step(clip=False), "the gradient was not clipped"),
+    ("train_step", _step(zero_grad=False, clip=False), "zero the old gradients before backward"),
+    ("train_step", _step(step=False), "the weights did not move"),
+    ("train_step", _step(step_first=True), "the weights did not move"),
+    ("train_step", _step(detach_pred=True), "the weights did not move"),
+    ("train_step", _step(returns="tensor_list"), "should return the loss as a number"),
 ])
 def test_each_check_rejects_a_plausible_wrong_answer_with_a_hint(task_id, wrong, hint, capsys):
     assert check(task_id, wrong) is False
@@ -351,7 +399,26 @@ def test_exact_float64_and_rearranged_answers_pass(capsys):
         return right(x_t, pred, a, s, p)
 
     assert check("to_x0_eps", normalised)
+    assert check("train_step", _step(returns="item"))  # the same step written here, returning a float
     capsys.readouterr()
+
+
+def test_the_train_step_reference_is_the_library_loss_and_a_real_optimiser_step():
+    """reference_train_step's loss is GaussianDiffusion.loss (cosine, v) and its update is torch.optim.SGD's after
+    clip_grad_norm_; and the check's max_norm really clips (the step's gradient norm is above it)."""
+    net, twin = train_step_net(), train_step_net()
+    _, x0, t, noise = train_step_cases()[0]
+    library = GaussianDiffusion(GaussianDiffusionConfig(schedule="cosine", parameterisation="v", cond_drop=0.0))
+    loss, _ = library.loss(twin, x0, t=t, noise=noise)
+    optimiser = torch.optim.SGD(twin.parameters(), lr=STEP_LR)
+    optimiser.zero_grad()
+    loss.backward()
+    norm = float(torch.nn.utils.clip_grad_norm_(twin.parameters(), 0.5))
+    assert norm > 0.5
+    optimiser.step()
+    got = reference_train_step(net, x0, t, noise, 0.5)
+    assert got == pytest.approx(float(loss.detach()), rel=1e-6)
+    assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(net.parameters(), twin.parameters()))
 
 
 @pytest.mark.slow
@@ -365,7 +432,7 @@ def test_grader_gives_full_marks_to_the_solution_and_zero_to_the_exercise(tmp_pa
         paths.append(target)
     full, empty = grade_many(paths, jobs=2, solutions_dir=ROOT / "solutions", timeout=120, cell_timeout=60)
     assert full.status == "completed", full.detail
-    assert full.total == full.max_total == 9
+    assert full.total == full.max_total == 11
     assert empty.status == "completed", empty.detail  # the untouched exercise runs top to bottom, no error
-    assert empty.total == 0 and empty.max_total == 9
+    assert empty.total == 0 and empty.max_total == 11
     assert all(s.message.startswith("not implemented") for s in empty.scores)

@@ -1,5 +1,6 @@
 """Checks for exercise notebook 07, Noise2Music: sampling q(x_t | x_0), the ε / v / x_0 conversions, one
-deterministic DDIM step, the sinusoidal timestep embedding, a FiLM layer.
+deterministic DDIM step, the sinusoidal timestep embedding, a FiLM layer, the v-prediction loss with one training
+step.
 
 Each checker compares the student's function with the course's reference (:mod:`course_lib.diffusion.gaussian`:
 :meth:`GaussianDiffusion.q_sample`, :meth:`~GaussianDiffusion.predict_x0_eps`,
@@ -24,10 +25,11 @@ from course_lib.diffusion.gaussian import (
     GaussianDiffusion,
     GaussianDiffusionConfig,
     alpha_bar,
+    alpha_sigma,
     eps_to_x0,
     x0_eps_to_v,
 )
-from course_lib.diffusion.unet1d import ResBlock1D
+from course_lib.diffusion.unet1d import ResBlock1D, UNet1D, UNet1DConfig
 from course_lib.exercises.checks import CheckContext, WrongAnswer, expect_tensor, register_task, seeded
 from course_lib.nn.transformer import sinusoidal_embedding
 
@@ -36,6 +38,7 @@ LESSON = "07_noise2music"
 __all__ = [
     "EMBEDDING_CASES",
     "LESSON",
+    "PlainSGD",
     "ddim_cases",
     "film_cases",
     "q_sample_cases",
@@ -44,6 +47,9 @@ __all__ = [
     "reference_film",
     "reference_q_sample",
     "to_x0_eps_cases",
+    "reference_train_step",
+    "train_step_cases",
+    "train_step_net",
 ]
 
 EMBEDDING_SCALE = 1000.0  # the U-Net feeds sinusoidal_embedding(1000 · t): DDPM's step count
@@ -582,3 +588,175 @@ def check_film_impl(ctx: CheckContext, fn: Callable) -> None:
             hint = ("scale, shift = to_scale_shift(SiLU(emb)) split in two along channels, each (B, C, 1); "
                     "return norm(h)·(1 + scale) + shift")
         raise WrongAnswer(f"{where}: {hint}")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Task 6: the v-prediction loss and one training step
+# --------------------------------------------------------------------------------------------------------
+
+
+class PlainSGD:
+    """Plain SGD (``p ← p − lr·grad``) with the interface a training step uses: ``zero_grad()``, ``step()``,
+    ``param_groups``. The check hands it to the student's step instead of ``torch.optim.SGD`` (the same update):
+    creating the first ``torch.optim`` optimizer in a process imports torch's compiler stack, several seconds
+    that a check's time limit cannot spare."""
+
+    def __init__(self, params, lr: float) -> None:
+        self.param_groups = [{"params": list(params), "lr": lr}]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.param_groups[0]["params"]:
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        group = self.param_groups[0]
+        for p in group["params"]:
+            if p.grad is not None:
+                p.add_(p.grad, alpha=-group["lr"])
+
+
+STEP_LR = 0.05
+STALE_GRAD = 0.3  # what the check leaves in every .grad before calling the step: a missed zero_grad shows
+
+
+def train_step_net() -> UNet1D:
+    """The toy U-Net the check trains (unconditional, 64-sample signals), random weights from a fixed seed; its
+    output convolution is random too (a fresh one is zero, and then no gradient reaches the inner layers)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(76)
+        net = UNet1D(UNet1DConfig(in_channels=1, out_channels=1, channels=8, channel_mults=[1, 2], strides=[4, 4],
+                                  num_res_blocks=[1, 1], self_attn_stages=[False, False],
+                                  cross_attn_stages=[False, False], text_dim=None, num_heads=2, num_groups=4))
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+    return net
+
+
+def train_step_cases() -> list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``(description, x0, t, noise)``: toy sines (B, 1, 64) of amplitude 0.8 at times that include both ends."""
+    g = seeded(76)
+    cases = []
+    for times in ([0.02, 0.3, 0.55, 0.8, 0.97, 1.0], [0.1, 0.45, 0.9]):
+        b = len(times)
+        k = torch.arange(64, dtype=torch.float32)
+        cycles = torch.tensor([2.0, 6.0])[torch.randint(0, 2, (b,), generator=g)]
+        phase = 2 * torch.pi * torch.rand(b, generator=g)
+        x0 = (0.8 * torch.sin(2 * torch.pi * cycles[:, None] * k / 64 + phase[:, None]))[:, None]
+        cases.append((f"x0 of shape {tuple(x0.shape)} (toy sines), t = {times}", x0, torch.tensor(times),
+                      torch.randn(x0.shape, generator=g)))
+    return cases
+
+
+def reference_train_step(net: UNet1D, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, max_norm: float,
+                         *, target: str = "v", zero_grad: bool = True, clip: bool = True,
+                         reduce: str = "mean", step: bool = True) -> float:
+    """One step on ``net`` in place: ``GaussianDiffusion.loss`` (cosine, v) → backward → clip → :class:`PlainSGD`.
+    ``net``'s ``.grad`` hold :data:`STALE_GRAD` on entry, as in the check. Keywords build the wrong variants the
+    check recognises: another target (``"eps"``, ``"x0"``, ``"-v"``, ``"alpha_bar"``: ᾱ and 1 − ᾱ as the scales),
+    the squared error summed, no ``zero_grad``, no clipping, no step. Returns the loss."""
+    a, s = alpha_sigma("cosine", t)
+    a, s = a.view(-1, 1, 1), s.view(-1, 1, 1)
+    if target == "alpha_bar":
+        a, s = a ** 2, s ** 2
+    x_t = a * x0 + s * noise
+    y = {"v": a * noise - s * x0, "-v": s * x0 - a * noise, "eps": noise, "x0": x0, "alpha_bar": a * noise - s * x0}
+    err = (net(x_t, t) - y[target]).pow(2)
+    loss = err.mean() if reduce == "mean" else err.sum()
+    optimiser = PlainSGD(net.parameters(), STEP_LR)
+    if zero_grad:
+        optimiser.zero_grad()
+    loss.backward()
+    if clip:
+        torch.nn.utils.clip_grad_norm_(net.parameters(), max_norm)
+    if step:
+        optimiser.step()
+    return float(loss.detach())
+
+
+TRAIN_STEP_VARIANTS: list[tuple[dict, str]] = [
+    (dict(target="eps"), "the target is the velocity v = α·ε − σ·x0, not the noise ε (that is ε-prediction's loss)"),
+    (dict(target="x0"), "the target is the velocity v = α·ε − σ·x0, not the clean signal x0"),
+    (dict(target="-v"), "the sign of v: v = α·ε − σ·x0 (Salimans & Ho 2022), not σ·x0 − α·ε"),
+    (dict(target="alpha_bar"), "alpha_sigma gives the scales α and σ; you squared them (ᾱ and 1 − ᾱ are their "
+                               "variances): x_t = α·x0 + σ·ε and v = α·ε − σ·x0"),
+    (dict(reduce="sum"), "take the MEAN of the squared error, not the sum: the loss must not grow with the batch and "
+                         "the clip length"),
+]
+STEP_VARIANTS: list[tuple[dict, str]] = [
+    (dict(zero_grad=False), "the gradients from before your step were still in .grad: call optimiser.zero_grad() "
+                            "before loss.backward(), or they accumulate"),
+    (dict(clip=False), "the gradient was not clipped: call torch.nn.utils.clip_grad_norm_(net.parameters(), max_norm) "
+                       "after backward and before the optimiser's step"),
+    (dict(zero_grad=False, clip=False), "zero the old gradients before backward (optimiser.zero_grad()) and clip "
+                                        "after it (clip_grad_norm_) before the step"),
+    (dict(step=False), "the weights did not move: call optimiser.step() after backward (and after clipping)"),
+]
+
+
+def _stale(net: UNet1D) -> UNet1D:
+    for p in net.parameters():
+        p.grad = torch.full_like(p, STALE_GRAD)
+    return net
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    return all(torch.allclose(p, q, atol=1e-6, rtol=1e-4) for p, q in zip(a.parameters(), b.parameters()))
+
+
+@register_task("train_step", LESSON,
+               hint_on_error="alpha, sigma = alpha_sigma('cosine', t), each .view(-1, 1, 1); x_t = alpha·x0 + sigma·noise; "
+                             "v = alpha·noise − sigma·x0; loss = ((net(x_t, t) − v)²).mean(); then zero_grad, "
+                             "backward, clip_grad_norm_(net.parameters(), max_norm), step; return loss.item().")
+def check_train_step_impl(ctx: CheckContext, fn: Callable) -> None:
+    """``fn(net, optimiser, x0, t, noise, max_norm)`` → the loss (a float) must equal ``GaussianDiffusion.loss``
+    (cosine schedule, v-prediction) on the same ``t`` and ``noise``, and afterwards ``net``'s weights must be the
+    reference step's: old gradients cleared, backward, the gradient norm clipped to ``max_norm``, one SGD step."""
+    base = train_step_net()
+    library = GaussianDiffusion(GaussianDiffusionConfig(schedule="cosine", parameterisation="v", cond_drop=0.0))
+    for name, x0, t, noise in train_step_cases():
+        reference = _stale(train_step_net())
+        probe = train_step_net()
+        loss_lib, _ = library.loss(probe, x0, t=t, noise=noise)
+        loss_lib.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(probe.parameters(), float("inf")))
+        max_norm = round(0.5 * grad_norm, 4)  # a limit the step's gradient exceeds: clipping matters here
+        where = f"for {name}, max_norm = {max_norm}"
+        expected = reference_train_step(reference, x0, t, noise, max_norm)
+        if abs(expected - float(loss_lib.detach())) > 1e-5 * max(1.0, abs(expected)):  # the reference vs the library
+            raise RuntimeError("ex07's train_step reference no longer matches GaussianDiffusion.loss")
+        student = _stale(train_step_net())
+        inputs = (x0.clone(), t.clone(), noise.clone())
+        value = ctx.call(fn, student, PlainSGD(student.parameters(), STEP_LR), *inputs, max_norm)
+        _unchanged((x0, t, noise), inputs, where)
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = float(value.detach())
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise WrongAnswer(f"{where}: train_step should return the loss as a number (loss.item()), got "
+                              f"{type(value).__name__}")
+        if not abs(value - expected) <= 1e-4 * max(1.0, abs(expected)):
+            hint = None
+            for kwargs, text in TRAIN_STEP_VARIANTS:
+                if abs(value - reference_train_step(_stale(train_step_net()), x0, t, noise, max_norm, **kwargs)) \
+                        <= 1e-4 * max(1.0, abs(value)):
+                    hint = text
+                    break
+            raise WrongAnswer(f"{where}: expected the loss {expected:.5f}, got {value:.5f}: "
+                              f"{hint or 'x_t = α·x0 + σ·ε, the target v = α·ε − σ·x0, the mean squared error'}")
+        if _same_weights(student, reference):
+            continue
+        hint = None
+        if _same_weights(student, base):
+            hint = STEP_VARIANTS[-1][1]
+        for kwargs, text in STEP_VARIANTS[:-1]:
+            if hint is None:
+                variant = _stale(train_step_net())
+                reference_train_step(variant, x0, t, noise, max_norm, **kwargs)
+                if _same_weights(student, variant):
+                    hint = text
+        raise WrongAnswer(f"{where}: the loss is right, but the weights after your step are not the reference's: "
+                          f"{hint or 'zero_grad, backward, clip_grad_norm_(..., max_norm), then step, in that order'}")

@@ -35,7 +35,7 @@ def sinusoidal_embedding(positions: Tensor, dim: int, max_period: float = 10_000
 
     ``emb[..., i] = cos(p · ω_i)`` and ``emb[..., half + i] = sin(p · ω_i)`` with ``ω_i = max_period^(−i /
     half)``, ``half = dim / 2`` (Vaswani et al. 2017, §3.5; cosines first, the layout of audiocraft's
-    ``create_sin_embedding`` and the DDPM timestep embedding). audiocraft and MusicGen divide by ``half − 1``
+    ``create_sin_embedding`` and guided-diffusion's timestep embedding; DDPM's original code puts the sines first). audiocraft and MusicGen divide by ``half − 1``
     instead: :func:`course_lib.lm.model.sinusoidal_embedding_t2t`. Position 0 is ``[1, …, 1, 0, …, 0]``.
     ``dim`` must be even.
     """
