@@ -30,6 +30,8 @@ from course_lib.exercises.ex06 import (
     POSTERIOR_SCHEDULES,
     TIE_CASES,
     TRUNCATE_CASES,
+    loss_cases,
+    reference_loss,
     reference_matrix,
     reference_posterior,
     reference_reverse_step,
@@ -42,8 +44,9 @@ from course_lib.exercises.grade import grade_many, solution_tasks
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "06_diffsound.ipynb"
 EXERCISE = ROOT / "exercises" / "06_diffsound.ipynb"
-TASK_IDS = ["mask_replace_matrix", "mask_schedule", "posterior_one_token", "reverse_step", "truncate"]
-NAMESPACE = {"math": math, "torch": torch, "MaskReplaceSchedule": MaskReplaceSchedule}  # the solution cells' imports
+TASK_IDS = ["mask_replace_matrix", "mask_schedule", "posterior_one_token", "reverse_step", "truncate", "diffsound_loss"]
+NAMESPACE = {"math": math, "torch": torch, "MaskReplaceSchedule": MaskReplaceSchedule,
+             "DiscreteDiffusion": DiscreteDiffusion, "index_to_log_onehot": index_to_log_onehot}  # the solution cells' imports
 
 
 @pytest.fixture(autouse=True)
@@ -62,7 +65,7 @@ def solution_fns() -> dict:
 def test_notebook_tasks_match_the_registry_and_the_exercise_is_fresh():
     assert_generated_and_registered(SOLUTION, EXERCISE, LESSON, TASK_IDS)
     assert solution_tasks(SOLUTION) == {"mask_replace_matrix": 1, "mask_schedule": 2, "posterior_one_token": 2,
-                                        "reverse_step": 2, "truncate": 2}
+                                        "reverse_step": 2, "truncate": 2, "diffsound_loss": 2}
 
 
 @pytest.mark.parametrize("task_id", TASK_IDS)
@@ -239,7 +242,43 @@ def _truncate_in_place(log_probs, r):
     return log_probs.copy_(out)
 
 
+def _loss(**kwargs):
+    return lambda d, lg, x0, xt, t, aux: reference_loss(d, lg, x0, xt, t, aux, **kwargs)
+
+
+def _loss_detached_model(d, lg, x0, xt, t, aux):
+    """The right value, but the model's posterior computed from detached logits: no gradient through the bound."""
+    k, steps = d.num_classes, d.num_steps
+    log_p0 = torch.log_softmax(lg, dim=1)
+    log_model = d.log_q_posterior(log_p0.detach(), xt, t)
+    log_true = d.log_q_posterior(index_to_log_onehot(x0, k + 1), xt, t)
+    kl = (log_true.exp() * (log_true - log_model)).sum(dim=1)
+    vb = torch.where((t == 1)[:, None], -log_model.gather(1, x0[:, None])[:, 0], kl)
+    ce = -log_p0.gather(1, x0[:, None])[:, 0]
+    return steps * (vb + aux * (2.0 - (t - 1).float() / steps)[:, None] * ce).mean()
+
+
+def test_loss_reference_is_the_library_and_its_mistakes_differ_on_every_case():
+    for d, lg, x0, xt, t, aux, _ in loss_cases():
+        expected = float(d.loss(lg, x0, xt, t, aux_weight=aux)[0])
+        assert math.isclose(float(reference_loss(d, lg, x0, xt, t, aux)), expected, rel_tol=1e-5)
+        for kwargs in (dict(reverse_kl=True), dict(times_steps=False), dict(adaptive=False), dict(normalise=False),
+                       dict(aux_on_posterior=True), dict(no_aux=True)):
+            wrong = float(reference_loss(d, lg, x0, xt, t, aux, **kwargs))
+            assert not math.isclose(wrong, expected, rel_tol=1e-4), kwargs
+
+
 @pytest.mark.parametrize("task_id, wrong, hint", [
+    ("diffsound_loss", _loss(reverse_kl=True), "the KL is the wrong way round"),
+    ("diffsound_loss", _loss(times_steps=False), "missing the factor T"),
+    ("diffsound_loss", _loss(adaptive=False), "not aux_weight alone"),
+    ("diffsound_loss", _loss(normalise=False), "normalise first"),
+    ("diffsound_loss", _loss(aux_on_posterior=True), "on the x0 PREDICTION"),
+    ("diffsound_loss", _loss(no_aux=True), "you left out the auxiliary term"),
+    ("diffsound_loss", lambda *a: reference_loss(*a).item(), "you returned a Python number"),
+    ("diffsound_loss", lambda *a: reference_loss(*a).detach(), "carries no gradient"),
+    ("diffsound_loss", _loss_detached_model, "its gradient is not"),
+    ("diffsound_loss", lambda *a: reference_loss(*a).expand(2), "expected one number"),
     ("mask_replace_matrix", lambda a, g, k: reference_matrix(a, g, k, beta_divisor=1), "β must be divided by K"),
     ("mask_replace_matrix", lambda a, g, k: reference_matrix(a, g, k, beta_divisor=k + 1), "not /(K + 1)"),
     ("mask_replace_matrix", lambda a, g, k: reference_matrix(a, g, k, beta_divisor=k - 1), "not /(K − 1)"),
@@ -305,7 +344,7 @@ def test_grader_gives_full_marks_to_the_solution_and_zero_to_the_exercise(tmp_pa
         paths.append(target)
     full, empty = grade_many(paths, jobs=2, solutions_dir=ROOT / "solutions", timeout=120, cell_timeout=60)
     assert full.status == "completed", full.detail
-    assert full.total == full.max_total == 9
+    assert full.total == full.max_total == 11
     assert empty.status == "completed", empty.detail  # the untouched exercise runs top to bottom, no error
-    assert empty.total == 0 and empty.max_total == 9
+    assert empty.total == 0 and empty.max_total == 11
     assert all(s.message.startswith("not implemented") for s in empty.scores)

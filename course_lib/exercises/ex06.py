@@ -1,6 +1,6 @@
 """Checks for exercise notebook 06, Diffsound: the mask-and-replace transition matrix, the linear schedule and its
 per-step terms, the posterior of one token by Bayes' rule, one x_0-parameterised reverse step in log space,
-truncation to the top-r probability mass.
+truncation to the top-r probability mass, and the training loss assembled (variational bound + auxiliary term).
 
 Each checker compares the student's function with the course's reference
 (:class:`course_lib.diffusion.discrete.MaskReplaceSchedule` and :class:`~course_lib.diffusion.discrete.DiscreteDiffusion`,
@@ -10,7 +10,9 @@ diagonal, a [MASK] row that is not absorbing, the matrix transposed; the ramp sp
 early, per-step terms taken as differences of the cumulative ones or left cumulative; a posterior not
 normalised, the prior of the wrong step, rows and columns swapped; log-probabilities averaged instead of
 mixed, logits used as log-probabilities, exp/log underflow; the kept set whose mass stays below r, kept
-probabilities not renormalised, dropped classes at log 0 = 0, tied classes all kept.
+probabilities not renormalised, dropped classes at log 0 = 0, tied classes all kept; the KL the wrong way round,
+no factor T, the auxiliary weight without 2 − (t−1)/T, logits as log-probabilities, the auxiliary term on the
+reverse step or left out, a loss returned as a float or detached.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ __all__ = [
     "POSTERIOR_SCHEDULES",
     "SCHEDULE_CASES",
     "DROPPED_BELOW",
+    "loss_cases",
+    "reference_loss",
     "TRUNCATE_CASES",
     "reference_matrix",
     "reference_posterior",
@@ -580,3 +584,109 @@ def check_truncate_impl(ctx: CheckContext, fn: Callable) -> None:
         else:
             hint = _truncate_set_hint(ctx, fn, log_probs, r, kept)
         raise WrongAnswer(f"{where}: {hint}")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Task 6: the training loss, assembled
+# --------------------------------------------------------------------------------------------------------
+
+
+def reference_loss(diffusion: DiscreteDiffusion, x0_logits: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor,
+                   t: torch.Tensor, aux_weight: float = 5e-4, *, reverse_kl: bool = False, times_steps: bool = True,
+                   adaptive: bool = True, normalise: bool = True, aux_on_posterior: bool = False,
+                   no_aux: bool = False) -> torch.Tensor:
+    """VQ-Diffusion's / Diffsound's loss, term by term (= :meth:`DiscreteDiffusion.loss` with uniform t). The
+    keywords build the wrong variants the check recognises: KL the wrong way round, no ``× T``, the auxiliary term
+    without its ``2 − (t−1)/T`` weighting, logits taken as log-probabilities, the auxiliary cross-entropy of the
+    reverse step instead of the x_0 prediction, no auxiliary term at all."""
+    k, steps = diffusion.num_classes, diffusion.num_steps
+    log_p0 = torch.log_softmax(x0_logits, dim=1) if normalise else x0_logits
+    log_model = diffusion.log_q_posterior(log_p0, x_t, t)
+    log_true = diffusion.log_q_posterior(index_to_log_onehot(x0, k + 1), x_t, t)
+    if reverse_kl:
+        kl = (log_model.exp() * (log_model - log_true)).sum(dim=1)
+    else:
+        kl = (log_true.exp() * (log_true - log_model)).sum(dim=1)
+    nll = -log_model.gather(1, x0[:, None])[:, 0]
+    vb = torch.where((t == 1)[:, None], nll, kl)
+    ce = -(log_model if aux_on_posterior else log_p0).gather(1, x0[:, None])[:, 0]
+    scale = (2.0 - (t - 1).float() / steps)[:, None] if adaptive else torch.ones_like(t, dtype=torch.float32)[:, None]
+    per_token = vb + (0.0 if no_aux else aux_weight) * scale * ce
+    return (steps if times_steps else 1) * per_token.mean()
+
+
+def loss_cases() -> list[tuple[DiscreteDiffusion, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float, str]]:
+    """(diffusion, x0_logits (B, K, N), x0 (B, N), x_t (B, N), t (B,), aux_weight, description); seeded."""
+    g = seeded(606)
+    cases = []
+    for k, steps, b, n, ts, aux, confidence in ((6, 20, 3, 7, (1, 7, 20), 5e-4, 3.0),
+                                                (8, 100, 4, 10, (2, 30, 64, 97), 0.05, 1.0),
+                                                (4, 10, 2, 5, (1, 5), 0.5, 6.0)):
+        diffusion = DiscreteDiffusion(MaskReplaceSchedule(k, num_steps=steps))
+        x0 = torch.randint(0, k, (b, n), generator=g)
+        t = torch.tensor(ts)
+        x_t = diffusion.q_sample(x0, t, generator=g)
+        logits = confidence * torch.randn(b, k, n, generator=g) + 2.0
+        cases.append((diffusion, logits, x0, x_t, t, aux,
+                      f"K = {k}, T = {steps}, a batch of {b} with t = {list(ts)}, aux_weight = {aux}"))
+    return cases
+
+
+@register_task("diffsound_loss", LESSON,
+               hint_on_error="log_p0 = log_softmax(x0_logits, 1); KL(q(x_{t−1} | x_t, x0) ‖ p_θ(x_{t−1} | x_t)) from "
+                             "two log_q_posterior calls (−log p_θ(x0 | x_1) at t = 1) + aux_weight·(2 − (t−1)/T)·CE; "
+                             "T × the mean over tokens.")
+def check_diffsound_loss_impl(ctx: CheckContext, fn: Callable) -> None:
+    """``fn(diffusion, x0_logits, x0, x_t, t, aux_weight)`` must equal :meth:`DiscreteDiffusion.loss` and carry its
+    gradient to the logits."""
+    for diffusion, logits, x0, x_t, t, aux, name in loss_cases():
+        where = f"for {name}"
+        leaf = logits.clone().requires_grad_(True)
+        args = (x0.clone(), x_t.clone(), t.clone())
+        value = ctx.call(fn, diffusion, leaf, *args, aux)
+        _unchanged((x0, x_t, t), args, where)
+        if isinstance(value, (int, float)):
+            raise WrongAnswer(f"{where}: you returned a Python number ({value:.4g}): training needs a tensor that "
+                              "backward() can go through; do not call .item() or float() on the loss")
+        got = expect_tensor(value, "diffsound_loss")
+        if got.numel() != 1:
+            raise WrongAnswer(f"{where}: expected one number (a 0-d tensor), got shape {tuple(got.shape)}: average "
+                              "over the batch and the tokens")
+        expected, _ = diffusion.loss(logits, x0, x_t, t, aux_weight=aux)
+        got_value = float(got.detach())
+        if math.isnan(got_value):
+            raise WrongAnswer(f"{where}: your loss is NaN: look for 0 · (−inf) in the KL (use the library's log floor, "
+                              "not float('-inf')) or log of a negative number")
+
+        def near(other: torch.Tensor, got_value: float = got_value) -> bool:
+            return math.isclose(got_value, float(other), rel_tol=1e-4, abs_tol=1e-5)
+
+        if not near(expected):
+            variants = [
+                (dict(reverse_kl=True), "the KL is the wrong way round: KL(q ‖ p_θ) = Σ q (log q − log p_θ), "
+                 "weighted by the TRUE posterior q(x_{t−1} | x_t, x0)"),
+                (dict(times_steps=False), "missing the factor T: t is drawn with probability 1/T, so one step's "
+                 "L_{t−1} times T estimates the whole bound Σ_t L_{t−1}"),
+                (dict(adaptive=False), "the auxiliary term's weight is aux_weight · (2 − (t−1)/T), not aux_weight "
+                 "alone (it counts more at small t)"),
+                (dict(normalise=False), "x0_logits are logits, not log-probabilities: normalise first, "
+                 "log p_θ(x0 | x_t) = torch.log_softmax(x0_logits, dim=1)"),
+                (dict(aux_on_posterior=True), "the auxiliary cross-entropy is on the x0 PREDICTION, −log p_θ(x0 | x_t) "
+                 "(log_softmax of the logits), not on the reverse step p_θ(x_{t−1} | x_t)"),
+                (dict(no_aux=True), "you left out the auxiliary term: + aux_weight · (2 − (t−1)/T) · (−log p_θ(x0 | x_t))"),
+            ]
+            for kwargs, hint in variants:
+                if near(reference_loss(diffusion, logits, x0, x_t, t, aux, **kwargs)):
+                    raise WrongAnswer(f"{where}: expected {float(expected):.5f}, got {got_value:.5f}: {hint}")
+            raise WrongAnswer(f"{where}: expected {float(expected):.5f}, got {got_value:.5f}: the bound term is "
+                              "KL(q(x_{t−1} | x_t, x0) ‖ p_θ(x_{t−1} | x_t)) per token (−log p_θ(x0 | x_1) at t = 1), "
+                              "plus the auxiliary cross-entropy; T × their mean over the batch and the tokens")
+        if got.grad_fn is None:
+            raise WrongAnswer(f"{where}: the value is right but it carries no gradient (detached, or computed under "
+                              "torch.no_grad()): the optimizer could not train the network with it")
+        (grad,) = torch.autograd.grad(got, leaf)
+        ref_leaf = logits.clone().requires_grad_(True)
+        (ref_grad,) = torch.autograd.grad(diffusion.loss(ref_leaf, x0, x_t, t, aux_weight=aux)[0], ref_leaf)
+        if not _same(grad, ref_grad, atol=1e-6, rtol=1e-3):
+            raise WrongAnswer(f"{where}: the value is right but its gradient is not: part of the loss is detached "
+                              "(e.g. the model's posterior or the prediction) and does not train the network")
