@@ -498,3 +498,125 @@ def measure_noise2music(generator, cascader, n_prompts: int = 24, seconds: float
     metrics["seconds_per_clip_cascader"] = round(t_casc / n_prompts, 4)
     metrics["seconds_per_audio_second"] = round((t_gen + t_casc) / (n_prompts * seconds), 4)
     return metrics
+
+
+# ---- Vocoders compared with Griffin-Lim, by the mel distance and by the probes ---------------------------------
+
+
+def heldout_clips(kind: str, n_clips: int, clip_seconds: float, sample_rate: int, version: int = 1,
+                  start: int = 0) -> list:
+    """Test-split clips ``start … start + n_clips − 1`` of course generator ``kind`` at ``version`` (1 or 2)."""
+    module = {"sound_events": sound_events, "music": music}[kind]
+    return list(module.generate_clips("test", n_clips, clip_seconds, sample_rate, start=start, version=version))
+
+
+def _stack(clips: list) -> torch.Tensor:
+    return torch.from_numpy(np.stack([c.audio for c in clips]))[:, None]
+
+
+def vocoder_rtf(vocoder, mel_config, seconds: float = 2.0, clips: int = 4, repeats: int = 3,
+                clock: str = "wall") -> float:
+    """Real-time factor of ``vocoder`` on ONE torch thread: seconds of audio made per second of time, on ``clips``
+    log-mels of ``seconds`` each in one batch (best of ``repeats`` after a warm-up run). ``clock="wall"``:
+    wall-clock time (what a listener waits); ``"cpu"``: this process's CPU time, which other processes on a
+    shared machine do not inflate. The thread count is restored afterwards."""
+    import time
+
+    if clock not in ("wall", "cpu"):
+        raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
+    now = time.perf_counter if clock == "wall" else time.process_time
+
+    from course_lib.audio import log_mel
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        audio = heldout_audio(clips, seconds, mel_config.sample_rate)
+        mel = log_mel(audio[:, 0], mel_config)
+        with torch.no_grad():
+            vocoder(mel)
+            best = math.inf
+            for _ in range(repeats):
+                t0 = now()
+                vocoder(mel)
+                best = min(best, now() - t0)
+    finally:
+        torch.set_num_threads(before)
+    return clips * seconds / best
+
+
+@torch.no_grad()
+def measure_vocoder(model, n_clips: int = 24, clip_seconds: float = 2.0, batch_size: int = 8,
+                    griffin_lim_iters: int = 32, vqvae: str | None = "mel_vqvae_course",
+                    versions: tuple[int, ...] = (1, 2), probes: bool = True, timing: bool = True) -> dict[str, float]:
+    """Any vocoder (:class:`course_lib.vocoders.Vocoder`: MelGAN, Vocos, ...) against Griffin-Lim on held-out clips
+    of each data ``version`` (1: the course's synthesised music and dry sound events; 2: SoundFont music and sound
+    events in a room), keys prefixed ``v1_`` / ``v2_``:
+
+    * log-mel distance (dB, :func:`course_lib.metrics.log_mel_distance_db`) between each of ``n_clips`` test
+      clips of ``clip_seconds`` (half sound events, half music, as :func:`measure_melgan`) and the audio made
+      from its log-mel by the vocoder (``mel_db``) and by Griffin-Lim with ``griffin_lim_iters`` iterations
+      (``griffin_lim_mel_db``); with ``vqvae`` (a shipped mel VQ-VAE), also from that VQ-VAE's reconstruction of
+      the log-mel, what Diffsound hands a vocoder (``vqvae_mel_db``, ``vqvae_griffin_lim_mel_db``);
+    * with ``probes``: the share of ``n_clips`` test sound-event clips (class-balanced) whose audio passes each
+      probe of :func:`course_lib.data.probes.adherence` (class, with the event classifier the shipped cards use,
+      :func:`event_probe`, trained on version 1 clips; count; pitch band): on the original audio
+      (``real_class_accuracy`` …), the vocoder's (``class_accuracy`` …), Griffin-Lim's
+      (``griffin_lim_class_accuracy`` …) and through the VQ-VAE (``vqvae_…``, ``vqvae_griffin_lim_…``);
+    * with ``timing``: ``rtf_1_thread`` and ``rtf_1_thread_cpu``, the vocoder's real-time factor on one torch
+      thread by wall-clock and by CPU time (:func:`vocoder_rtf`; the keys that are not deterministic).
+
+    The vocoder reads ``course_lib.audio.log_mel(audio, model.mel_config)``; a ``vqvae`` must share that front end.
+    """
+    from course_lib.audio import log_mel
+    from course_lib.metrics import log_mel_distance_db
+    from course_lib.vocoders.griffin_lim import GriffinLimVocoder
+
+    if isinstance(n_clips, bool) or not isinstance(n_clips, int) or n_clips < 2:
+        raise ValueError(f"n_clips must be an int >= 2, got {n_clips!r}")
+    mel_config = model.mel_config
+    rate = mel_config.sample_rate
+    griffin_lim = GriffinLimVocoder(mel_config, n_iter=griffin_lim_iters)
+    inputs = {"": lambda mel: mel}
+    if vqvae is not None:
+        from course_lib.pipelines.diffsound import load_vqvae
+
+        autoencoder = load_vqvae(vqvae)
+        if autoencoder.config.mel_config() != mel_config:
+            raise ValueError(f"measure_vocoder: vqvae={vqvae!r} reads {autoencoder.config.mel_config()}, the vocoder "
+                             f"reads {mel_config}: they must share the mel front end")
+        inputs["vqvae_"] = lambda mel: autoencoder(mel)[0]
+    vocoders = {"": model, "griffin_lim_": griffin_lim}
+
+    def vocode(audio: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{input prefix + vocoder prefix: audio (N, 1, T)}`` for every input path and vocoder, in batches."""
+        out: dict[str, list[torch.Tensor]] = {}
+        for batch in audio.split(batch_size):
+            mel = log_mel(batch[:, 0], mel_config)
+            for path, transform in inputs.items():
+                given = transform(mel)
+                for name, vocoder in vocoders.items():
+                    made = vocoder(given)[..., : batch.shape[-1]].float()
+                    out.setdefault(path + name, []).append(made.clamp(-1.0, 1.0))
+        return {key: torch.cat(parts) for key, parts in out.items()}
+
+    metrics: dict[str, float] = {}
+    classifier = event_probe(float(clip_seconds), rate) if probes else None
+    for version in versions:
+        tag = f"v{version}_"
+        n_music = n_clips // 2
+        audio = _stack(heldout_clips("sound_events", n_clips - n_music, clip_seconds, rate, version)
+                       + heldout_clips("music", n_music, clip_seconds, rate, version))
+        for key, made in vocode(audio).items():
+            metrics[f"{tag}{key}mel_db"] = round(float(log_mel_distance_db(made, audio, mel_config).mean()), 3)
+        if probes:
+            clips = heldout_clips("sound_events", n_clips, clip_seconds, rate, version)
+            events = _stack(clips)
+            rates = {"real_": adherence_rates(events, rate, clips, classifier)}
+            rates.update({key: adherence_rates(made, rate, clips, classifier) for key, made in vocode(events).items()})
+            for key, values in rates.items():
+                metrics.update({f"{tag}{key}{name}": value for name, value in values.items()})
+    if timing:
+        metrics["rtf_1_thread"] = round(vocoder_rtf(model, mel_config, clip_seconds), 1)
+        metrics["rtf_1_thread_cpu"] = round(vocoder_rtf(model, mel_config, clip_seconds, clock="cpu"), 1)
+    return metrics

@@ -62,6 +62,13 @@ class DataConfig:
     ``../../secret.wav``, an absolute path elsewhere, or a symlink that leads out of the folder is refused
     (without looking at the file). ``allow_outside_paths=true`` lifts that for a table you trust (one that
     points into a shared audio store).
+
+    ``version`` picks the course generator of the ``generated:*`` sources (``data.source`` and
+    ``data.eval_source``; :func:`course_lib.data.export.course_generator`): 1 (the default: synthesised music,
+    dry sound events, what every config before it trained on) or 2 (music from a real SoundFont,
+    :mod:`course_lib.data.music_sf2`; sound events in a room, :mod:`course_lib.data.sound_events_v2`). It must
+    stay 1 when no source is generated. A config at version 1 is written without the key (``config.yaml``,
+    checkpoints), exactly as before the key existed.
     """
 
     source: str = "generated:sound_events"
@@ -74,6 +81,7 @@ class DataConfig:
     num_workers: int = 0
     shuffle: bool = True
     allow_outside_paths: bool = False
+    version: int = field(default=1, metadata={"omit_if_default": True})
 
 
 @dataclass
@@ -172,6 +180,7 @@ class RunConfig:
         check_data_source("data.source", d.source)
         if d.eval_source is not None:
             check_data_source("data.eval_source", d.eval_source)
+        check_data_version("data.version", d.version, d.source, d.eval_source)
         _positive("optim.lr", o.lr)
         _positive("optim.eps", o.eps)
         _non_negative("optim.weight_decay", o.weight_decay)
@@ -247,6 +256,21 @@ def check_data_source(key: str, source: str) -> None:
     elif not Path(source).expanduser().exists():
         raise ConfigError(f"{key}: folder {source!r} does not exist (for a Hugging Face dataset write "
                           f"'hub:{source}')")
+
+
+def check_data_version(key: str, version: int, source: str, eval_source: str | None = None) -> None:
+    """Check ``data.version``: a generator version every course kind has (1 or 2), and 1 unless a source is
+    ``generated:*`` (the version means nothing for a folder, a hub dataset or your own factory)."""
+    from course_lib.data.export import GENERATOR_VERSIONS
+
+    known = sorted(set.intersection(*(set(v) for v in GENERATOR_VERSIONS.values())))
+    if isinstance(version, bool) or not isinstance(version, int) or version not in known:
+        raise ConfigError(f"{key}: the course generators have versions {', '.join(map(str, known))}, got {version!r}")
+    generated = [s for s in (source, eval_source) if s is not None and s.startswith("generated:")]
+    if version != 1 and not generated:
+        raise ConfigError(f"{key}: picks the generator of the generated:* sources, but data.source is {source!r}"
+                          + (f" and data.eval_source is {eval_source!r}" if eval_source else "")
+                          + f"; leave it at 1 (got {version})")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -415,11 +439,15 @@ def config_from_dict(cls: type[C], data: Mapping[str, Any] | None, prefix: str =
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """The config as plain nested dicts/lists (JSON and YAML serialisable; tuples become lists)."""
+    """The config as plain nested dicts/lists (JSON and YAML serialisable; tuples become lists).
+
+    A field marked ``metadata={"omit_if_default": True}`` (``data.version``) is left out while it has its default
+    value, so configs written before the field existed compare equal to today's (resume, run folders)."""
 
     def plain(v: Any) -> Any:
         if dataclasses.is_dataclass(v):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)
+                    if not (f.metadata.get("omit_if_default") and getattr(v, f.name) == f.default)}
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
         if isinstance(v, dict):

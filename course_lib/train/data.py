@@ -2,7 +2,8 @@
 
 Sources (see :class:`~course_lib.train.config.DataConfig`): ``generated:<kind>`` builds
 ``course_lib.data.torch_dataset.GeneratedDataset`` (synthesised on the fly, no files; ``generated:mixed`` is
-half sound events, half music); a local folder or
+half sound events, half music; ``data.version`` picks the generator, 1 by default, 2 for SoundFont music and
+sound events in a room); a local folder or
 table and ``hub:<name>`` build ``CaptionedAudioDataset`` (which reads the course exports, any audiofolder,
 Clotho/AudioCaps tables or a Hugging Face dataset, decoding lazily); ``py:<module>:<function>`` calls your
 own factory. Every clip is cut or zero-padded to ``round(clip_seconds * sample_rate)`` samples. A local
@@ -50,15 +51,25 @@ class _MixedDataset(ConcatDataset):
                 part.set_epoch(epoch)
 
 
+def generator_version(data: DataConfig) -> int | None:
+    """The course generator version for ``generated:*`` sources: None (each kind's default, 1) for
+    ``data.version`` 1, exactly as before the key existed, else ``data.version`` (2: SoundFont music, sound events
+    in a room)."""
+    version = getattr(data, "version", 1)
+    return None if version == 1 else int(version)
+
+
 def mixed_generated(data: DataConfig, split: str, seed: int = 0) -> Dataset:
     """``data.source=generated:mixed``: half generated sound events, half generated music
-    (``data.train_size`` / ``data.eval_size`` clips in all), ``(1, T)`` at ``data.sample_rate``."""
+    (``data.train_size`` / ``data.eval_size`` clips in all), ``(1, T)`` at ``data.sample_rate``, from generator
+    ``data.version``."""
     from course_lib.data.torch_dataset import GeneratedDataset
 
     size = data.train_size if split == "train" else data.eval_size
     n_music = size // 2
     parts = [GeneratedDataset(kind, split, size=n, clip_seconds=data.clip_seconds, sample_rate=data.sample_rate,
-                              segment_samples=segment_samples(data), random_crop=False, seed=seed)
+                              segment_samples=segment_samples(data), random_crop=False, seed=seed,
+                              version=generator_version(data))
              for kind, n in (("sound_events", size - n_music), ("music", n_music)) if n > 0]
     return _MixedDataset(parts, data.sample_rate)
 
@@ -83,7 +94,7 @@ def build_dataset(data: DataConfig, split: str, seed: int = 0) -> Dataset:
         try:
             return GeneratedDataset(source.split(":", 1)[1], split, size=size, clip_seconds=data.clip_seconds,
                                     sample_rate=data.sample_rate, segment_samples=seg, random_crop=False,
-                                    seed=seed)
+                                    seed=seed, version=generator_version(data))
         except ValueError as err:
             raise TrainingError(f"{key} {source!r}: {err}") from None
     if source.startswith("py:"):

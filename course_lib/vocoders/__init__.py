@@ -7,6 +7,9 @@ Every vocoder here follows the :class:`Vocoder` protocol: it knows the mel front
 * :class:`GriffinLimVocoder` (``griffin_lim``): no training; pseudo-inverse mel + Griffin-Lim phase.
 * :class:`MelGAN` (``melgan``): Kumar et al. 2019, a GAN-trained conv generator; train it with
   ``python -m course_lib.train melgan --config course``.
+* :class:`Vocos` (``vocos``): Siuzdak 2023, what later work moved to: a ConvNeXt over the mel frames predicts
+  an STFT (magnitude and phase) that an iSTFT turns into audio, no upsampling convolutions; train it with
+  ``python -m course_lib.train vocos --config course``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from course_lib.vocoders.melgan import (
     generator_output_length,
     receptive_field,
 )
+from course_lib.vocoders.vocos import ISTFTHead, Vocos, VocosConfig
 
 
 @runtime_checkable
@@ -43,5 +47,5 @@ class Vocoder(Protocol):
 
 __all__ = [
     "GriffinLimVocoder", "MelGAN", "MelGANConfig", "MelGANGenerator", "MultiScaleDiscriminator", "ResidualStack",
-    "Vocoder", "generator_output_length", "receptive_field",
+    "Vocoder", "generator_output_length", "receptive_field", "ISTFTHead", "Vocos", "VocosConfig",
 ]

@@ -16,6 +16,7 @@ from course_lib.train.families.base import EvalResult, Family, OptimizerGroup, u
 _BUILTIN: dict[str, str] = {
     "mel_autoencoder": "course_lib.train.families.mel_autoencoder",
     "melgan": "course_lib.train.families.melgan",
+    "vocos": "course_lib.train.families.vocos",
     "mel_vqvae": "course_lib.train.families.mel_vqvae",
     "codec": "course_lib.train.families.codec",
     "audiogen": "course_lib.train.families.audiogen",
