@@ -40,6 +40,31 @@ DEFAULT_TIME_LIMIT = 4.0  # seconds for a whole check; the course's budget for a
 PASS_MARK, FAIL_MARK = "✅", "❌"
 
 
+class PlainSGD:
+    """Plain SGD (``p ← p − lr·grad``, no momentum) with the interface a training step uses: ``zero_grad()``,
+    ``step()``, ``param_groups``. Checks hand it to a student's training step instead of ``torch.optim.SGD``,
+    which computes the same update (``tests/test_ex01.py`` shows it): creating the first ``torch.optim``
+    optimizer in a process imports torch's compiler stack, several seconds that a check's time limit cannot
+    spare."""
+
+    def __init__(self, params, lr: float) -> None:
+        self.param_groups = [{"params": list(params), "lr": lr}]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.param_groups[0]["params"]:
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        group = self.param_groups[0]
+        for p in group["params"]:
+            if p.grad is not None:
+                p.add_(p.grad, alpha=-group["lr"])
+
+
 class WrongAnswer(Exception):
     """Raised by a checker when the student's answer is wrong; the message is the hint shown to them."""
 

@@ -22,7 +22,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib.codecs.mel_vqvae import MelVQVAE, MelVQVAEConfig
-from course_lib.exercises.checks import CheckContext, WrongAnswer, expect_tensor, register_task, seeded
+from course_lib.exercises.checks import (
+    CheckContext,
+    PlainSGD,
+    WrongAnswer,
+    expect_tensor,
+    register_task,
+    seeded,
+)
 from course_lib.quantize import laplace_smoothing, nearest_code, perplexity
 
 LESSON = "01_vq_vae"
@@ -351,30 +358,6 @@ TRAIN_STEP_CONFIG = MelVQVAEConfig(sample_rate=8000, n_fft=64, hop_length=16, n_
                                    dead_code_threshold=0.0)
 TRAIN_STEP_MAX_NORM = 0.05  # small on purpose: every step of the check is clipped
 TRAIN_STEP_LR = 0.05
-
-
-class PlainSGD:
-    """Plain SGD (``p ← p − lr·grad``) with the interface a training step uses: ``zero_grad()``, ``step()``,
-    ``param_groups``. The check hands it to the student's step instead of ``torch.optim.SGD``, which computes
-    the same update: creating the first ``torch.optim`` optimizer in a process imports torch's compiler
-    stack, several seconds that a check's time limit cannot spare."""
-
-    def __init__(self, params, lr: float) -> None:
-        self.param_groups = [{"params": list(params), "lr": lr}]
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.param_groups[0]["params"]:
-            if set_to_none:
-                p.grad = None
-            elif p.grad is not None:
-                p.grad.zero_()
-
-    @torch.no_grad()
-    def step(self) -> None:
-        group = self.param_groups[0]
-        for p in group["params"]:
-            if p.grad is not None:
-                p.add_(p.grad, alpha=-group["lr"])
 
 
 def train_step_model() -> MelVQVAE:

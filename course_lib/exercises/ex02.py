@@ -22,7 +22,14 @@ from torch import nn
 
 from course_lib.codecs.codec import Codec, CodecConfig
 from course_lib.codecs.losses import MultiScaleMelLoss
-from course_lib.exercises.checks import CheckContext, WrongAnswer, expect_tensor, register_task, seeded
+from course_lib.exercises.checks import (
+    CheckContext,
+    PlainSGD,
+    WrongAnswer,
+    expect_tensor,
+    register_task,
+    seeded,
+)
 
 LESSON = "02_neural_codec"
 
@@ -96,30 +103,6 @@ def check_codec_bitrate_impl(ctx: CheckContext, fn: Callable) -> None:
 TRAIN_STEP_LR = 0.05
 TRAIN_STEP_MAX_NORM = 0.05  # small enough that every step of the check is clipped
 L1_WEIGHT, MEL_WEIGHT = 0.1, 2.0  # audiocraft's weights for the time L1 and the multi-scale mel loss
-
-
-class PlainSGD:
-    """Plain SGD (``p ← p − lr·grad``) with the interface a training step uses: ``zero_grad()``, ``step()``,
-    ``param_groups``. The check hands it to the student's step instead of ``torch.optim.SGD``, which computes
-    the same update: creating the first ``torch.optim`` optimizer in a process imports torch's compiler
-    stack, several seconds that a check's time limit cannot spare."""
-
-    def __init__(self, params, lr: float) -> None:
-        self.param_groups = [{"params": list(params), "lr": lr}]
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.param_groups[0]["params"]:
-            if set_to_none:
-                p.grad = None
-            elif p.grad is not None:
-                p.grad.zero_()
-
-    @torch.no_grad()
-    def step(self) -> None:
-        group = self.param_groups[0]
-        for p in group["params"]:
-            if p.grad is not None:
-                p.add_(p.grad, alpha=-group["lr"])
 
 
 def train_step_codec() -> Codec:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.exercises.checks import CheckContext, WrongAnswer, register_task
+from course_lib.exercises.checks import CheckContext, PlainSGD, WrongAnswer, register_task
 from course_lib.nn.gan import discriminator_hinge_loss, feature_matching_loss, generator_hinge_loss
 from course_lib.vocoders.melgan import MelGAN, MelGANConfig
 
@@ -165,30 +165,6 @@ LEARNING_RATE = 0.05  # plain SGD: a parameter's change is exactly lr x its grad
 STALE_GRAD = 0.5  # what the checker leaves in .grad before the call, as an earlier step would
 
 
-class PlainSGD:
-    """The optimizer the checks hand to a phase: ``zero_grad()`` and ``step()`` exactly as ``torch.optim.SGD`` (no
-    momentum), ``p -= lr * p.grad``. Not a ``torch.optim.Optimizer``: the first of those built in a process imports
-    ``torch._dynamo`` (seconds), which would eat a check's time limit."""
-
-    def __init__(self, params, lr: float = LEARNING_RATE) -> None:
-        self.params = list(params)
-        self.param_groups = [{"params": self.params, "lr": lr}]
-        self.lr = lr
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.params:
-            if set_to_none:
-                p.grad = None
-            elif p.grad is not None:
-                p.grad.zero_()
-
-    @torch.no_grad()
-    def step(self) -> None:
-        for p in self.params:
-            if p.grad is not None:
-                p.sub_(self.lr * p.grad)
-
-
 def gan_step_case(seed: int) -> tuple[nn.Module, nn.Module, torch.Tensor, torch.Tensor]:
     """``(generator, discriminator, log_mel, audio)`` of a tiny MelGAN initialised from ``seed`` (the discriminator's
     last layers scaled so that its logits spread over +-1): audio ``(2, 1, 1000)`` (a tone in noise) and its log-mel
@@ -326,11 +302,11 @@ def check_discriminator_step_impl(ctx: CheckContext, fn: Callable) -> None:
             real_logits, _ = ref_d(audio)
             fake_logits, _ = ref_d(fake_full[..., : audio.shape[-1]])
             uncropped_logits, _ = ref_d(fake_full)
-        expected = reference_discriminator_step(ref_g, ref_d, PlainSGD(ref_d.parameters()),
+        expected = reference_discriminator_step(ref_g, ref_d, PlainSGD(ref_d.parameters(), LEARNING_RATE),
                                                 log_mel, audio)
         before_g, before_d = _params(generator), _params(discriminator)
         _with_stale_grads(discriminator)
-        optimizer = PlainSGD(discriminator.parameters())
+        optimizer = PlainSGD(discriminator.parameters(), LEARNING_RATE)
         got = _loss_value(ctx.call(fn, generator, discriminator, optimizer, log_mel.clone(), audio.clone()),
                           "discriminator_step")
         if not _close(got, expected):
@@ -381,11 +357,11 @@ def check_generator_step_impl(ctx: CheckContext, fn: Callable) -> None:
         with torch.no_grad():
             fake_logits, fake_feats = ref_d(ref_g(log_mel)[..., : audio.shape[-1]])
             _, real_feats = ref_d(audio)
-        expected = reference_generator_step(ref_g, ref_d, PlainSGD(ref_g.parameters()),
+        expected = reference_generator_step(ref_g, ref_d, PlainSGD(ref_g.parameters(), LEARNING_RATE),
                                             log_mel, audio, lambda_fm)
         before_g, before_d = _params(generator), _params(discriminator)
         _with_stale_grads(generator)
-        optimizer = PlainSGD(generator.parameters())
+        optimizer = PlainSGD(generator.parameters(), LEARNING_RATE)
         got = _loss_value(ctx.call(fn, generator, discriminator, optimizer, log_mel.clone(), audio.clone(), lambda_fm),
                           "generator_step")
         if not _close(got, expected):

@@ -30,7 +30,14 @@ from course_lib.diffusion.gaussian import (
     x0_eps_to_v,
 )
 from course_lib.diffusion.unet1d import ResBlock1D, UNet1D, UNet1DConfig
-from course_lib.exercises.checks import CheckContext, WrongAnswer, expect_tensor, register_task, seeded
+from course_lib.exercises.checks import (
+    CheckContext,
+    PlainSGD,
+    WrongAnswer,
+    expect_tensor,
+    register_task,
+    seeded,
+)
 from course_lib.nn.transformer import sinusoidal_embedding
 
 LESSON = "07_noise2music"
@@ -593,30 +600,6 @@ def check_film_impl(ctx: CheckContext, fn: Callable) -> None:
 # --------------------------------------------------------------------------------------------------------
 # Task 6: the v-prediction loss and one training step
 # --------------------------------------------------------------------------------------------------------
-
-
-class PlainSGD:
-    """Plain SGD (``p ← p − lr·grad``) with the interface a training step uses: ``zero_grad()``, ``step()``,
-    ``param_groups``. The check hands it to the student's step instead of ``torch.optim.SGD`` (the same update):
-    creating the first ``torch.optim`` optimizer in a process imports torch's compiler stack, several seconds
-    that a check's time limit cannot spare."""
-
-    def __init__(self, params, lr: float) -> None:
-        self.param_groups = [{"params": list(params), "lr": lr}]
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.param_groups[0]["params"]:
-            if set_to_none:
-                p.grad = None
-            elif p.grad is not None:
-                p.grad.zero_()
-
-    @torch.no_grad()
-    def step(self) -> None:
-        group = self.param_groups[0]
-        for p in group["params"]:
-            if p.grad is not None:
-                p.add_(p.grad, alpha=-group["lr"])
 
 
 STEP_LR = 0.05
