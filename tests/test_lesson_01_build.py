@@ -11,12 +11,12 @@ line of the notebook's own model edited (no straight-through, β dropped from th
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from notebook_cells import code_cells
 
 from course_lib.codecs import mel_vqvae
 from course_lib.quantize import QuantizerOutput, VectorQuantizer
@@ -30,8 +30,7 @@ CHECK = "same = check_same_as_library("  # the cell that runs the equivalence ch
 
 def _build_cells() -> list[str]:
     """The notebook's set-up cell, then every code cell from the config cell to the check cell (included)."""
-    cells = [("".join(c["source"])) for c in json.loads(NOTEBOOK.read_text(encoding="utf-8"))["cells"]
-             if c["cell_type"] == "code"]
+    cells = code_cells(NOTEBOOK)
     start = next(i for i, s in enumerate(cells) if FIRST in s)
     end = next(i for i, s in enumerate(cells) if CHECK in s)
     assert start < end, "the lesson's build cells moved: update FIRST/CHECK"

@@ -11,12 +11,12 @@ model edited (the encoder's strides in the config's order, no straight-through).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from notebook_cells import code_cells
 
 from course_lib.codecs import losses, seanet
 
@@ -29,8 +29,7 @@ CHECK = "same = check_same_as_library("  # the cell that runs the equivalence ch
 
 def _build_cells() -> list[str]:
     """The notebook's set-up cell, then every code cell from the first build cell to the check cell (included)."""
-    cells = [("".join(c["source"])) for c in json.loads(NOTEBOOK.read_text(encoding="utf-8"))["cells"]
-             if c["cell_type"] == "code"]
+    cells = code_cells(NOTEBOOK)
     start = next(i for i, s in enumerate(cells) if FIRST in s)
     end = next(i for i, s in enumerate(cells) if CHECK in s)
     assert start < end, "the lesson's build cells moved: update FIRST/CHECK"

@@ -5,12 +5,12 @@ silently pass when either side drifts."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
 import pytest
 import torch.nn.functional as F
+from notebook_cells import code_cells
 
 import course_lib.nn.gan as gan
 from course_lib.vocoders import melgan
@@ -24,8 +24,7 @@ CHECK_CALL = "check_same_as_library(MelGAN(course_config)"  # the cell that runs
 
 
 def _code_cells() -> list[str]:
-    nb = json.loads(NOTEBOOK.read_text(encoding="utf-8"))
-    return ["".join(cell["source"]) for cell in nb["cells"] if cell["cell_type"] == "code"]
+    return code_cells(NOTEBOOK)
 
 
 def _index(cells: list[str], marker: str) -> int:

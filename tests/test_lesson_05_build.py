@@ -10,12 +10,12 @@ weight mapped wrong) and sees the lesson's own check cells raise ``AssertionErro
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
 import pytest
 import torch
+from notebook_cells import code_cells
 
 matplotlib.use("Agg")
 
@@ -34,8 +34,7 @@ LOSS_CHECK = "= check_loss_against_library(lm, my_lm,"  # the cell that runs the
 
 
 def _code_cells() -> list[str]:
-    cells = json.loads(NOTEBOOK.read_text(encoding="utf-8"))["cells"]
-    return ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+    return code_cells(NOTEBOOK)
 
 
 def _cell(marker: str) -> str:

@@ -11,12 +11,12 @@ features in the other order) and sees the lesson's own check cells raise ``Asser
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
 import pytest
 import torch
+from notebook_cells import code_cells
 
 matplotlib.use("Agg")
 
@@ -36,8 +36,7 @@ SKIP = ("steps_shown = [0, 10, 30, 60, 100]", "for step in range(train_steps)", 
 
 
 def _code_cells() -> list[str]:
-    cells = json.loads(NOTEBOOK.read_text(encoding="utf-8"))["cells"]
-    return ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+    return code_cells(NOTEBOOK)
 
 
 def _cell(marker: str) -> str:

@@ -12,12 +12,12 @@ and sees the lesson's own check cells raise ``AssertionError``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
 import pytest
 import torch
+from notebook_cells import code_cells
 
 matplotlib.use("Agg")
 
@@ -38,8 +38,7 @@ LOSS_CHECK = "loss_mine, loss_library = check_loss_against_library("  # ... and 
 
 
 def _code_cells() -> list[str]:
-    cells = json.loads(NOTEBOOK.read_text(encoding="utf-8"))["cells"]
-    return ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+    return code_cells(NOTEBOOK)
 
 
 def _index(marker: str) -> int:
