@@ -278,3 +278,70 @@ def test_measure_vocoder_scores_a_vocoder_against_griffin_lim():
     timed = measure_vocoder(_model(VocosConfig(**{**TINY.__dict__, "use_discriminator": False})).eval(), n_clips=2,
                             clip_seconds=1.0, griffin_lim_iters=2, vqvae=None, versions=(1,), probes=False)
     assert timed["rtf_1_thread"] > 0 and timed["rtf_1_thread_cpu"] > 0 and timed["v1_mel_db"] > 0
+
+
+def _tiny_vqvae(folder: Path) -> Path:
+    """A mel VQ-VAE on the tiny config's front end (n_fft 256, hop 64, 32 mels), saved as a folder."""
+    from course_lib.codecs.mel_vqvae import MelVQVAE, MelVQVAEConfig
+
+    torch.manual_seed(0)
+    MelVQVAE(MelVQVAEConfig(n_fft=256, hop_length=64, n_mels=32, channels=4, ch_mult=(1, 2), embed_dim=8,
+                            codebook_size=16)).save_pretrained(folder)
+    return folder
+
+
+def test_vqvae_input_swaps_the_chosen_clips_for_the_vqvae_reconstruction(tmp_path):
+    """``loss.vqvae_input``: with probability 1 every clip's input is the VQ-VAE's rendering of its log-mel, with 0
+    none is, and the loss still compares against the real clip; a VQ-VAE on another front end is refused."""
+    from course_lib.pipelines.diffsound import load_vqvae
+
+    folder = _tiny_vqvae(tmp_path / "vq")
+    family = get_family("vocos")
+    base = [f"train.run_dir={tmp_path / 'r'}", f"loss.vqvae_input={folder}"]
+    target = torch.randn(3, 32, 33) - 3.0
+    vq = load_vqvae(folder)
+    with torch.no_grad():
+        rebuilt = vq(target)[0]
+    always = family.load_config("tiny", [*base, "loss.vqvae_input_prob=1.0"])
+    torch.testing.assert_close(family._vocoder_input(target, always), rebuilt)
+    never = family.load_config("tiny", [*base, "loss.vqvae_input_prob=0.0"])
+    assert torch.equal(family._vocoder_input(target, never), target)
+    torch.manual_seed(3)
+    half = family._vocoder_input(target, family.load_config("tiny", base))
+    swapped = [bool(torch.allclose(half[i], rebuilt[i])) for i in range(3)]
+    kept = [bool(torch.equal(half[i], target[i])) for i in range(3)]
+    assert all(s != k for s, k in zip(swapped, kept, strict=True))  # each clip is one or the other
+    assert not torch.allclose(rebuilt, target)  # so the check above can tell them apart
+    with pytest.raises(ConfigError, match="loss.vqvae_input_prob: must be in"):
+        family.load_config("tiny", [*base, "loss.vqvae_input_prob=1.5"])
+    with pytest.raises(ConfigError, match="must share the mel front end"):
+        family.load_config("tiny", [f"train.run_dir={tmp_path / 'r'}", "loss.vqvae_input=mel_vqvae_course"])
+
+
+def test_init_from_fine_tunes_from_another_run_and_refuses_another_family(tmp_path):
+    """``train.init_from``: a fresh run starts from the other run's EMA weights (not its own seed's), with its own
+    optimizer; resuming that run ignores it; a run of another family is refused by name."""
+    common = [*FAST, "model.use_discriminator=false", "eval.every=0", "eval.at_end=false", "train.ckpt_every=2",
+              "train.ema_decay=0.9"]
+    family = get_family("vocos")
+    train("vocos", family.load_config("tiny", [f"train.run_dir={tmp_path / 'a'}", *common, "train.max_steps=2"]))
+    source = load_from_run(tmp_path / "a", which="ema")
+    folder = _tiny_vqvae(tmp_path / "vq")
+    ft = [f"train.run_dir={tmp_path / 'b'}", *common, f"train.init_from={tmp_path / 'a'}", f"loss.vqvae_input={folder}"]
+    train("vocos", family.load_config("tiny", [*ft, "train.max_steps=1", "optim.lr=1e-12"]))
+    tuned = load_from_run(tmp_path / "b")
+    for (name, a), (_, b) in zip(source.state_dict().items(), tuned.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)  # lr 1e-12: one step moves nothing visible
+    scratch = get_family("vocos").build_model(family.load_config("tiny", ft).model)
+    assert not all(torch.allclose(a, b) for a, b in zip(scratch.state_dict().values(), tuned.state_dict().values(),
+                                                         strict=True))
+    summary = train("vocos", family.load_config("tiny", [*ft, "train.max_steps=2", "optim.lr=1e-12"]))
+    assert summary["resumed_from_step"] == 1
+    mel = tmp_path / "melgan"
+    train("melgan", get_family("melgan").load_config("tiny", [f"train.run_dir={mel}", *FAST[:2], "train.max_steps=1",
+                                                              "eval.every=0", "eval.at_end=false"]))
+    with pytest.raises(ConfigError, match="is a 'melgan' run"):
+        train("vocos", family.load_config("tiny", [f"train.run_dir={tmp_path / 'c'}", *common, "train.max_steps=1",
+                                                   f"train.init_from={mel}", "train.init_which=last"]))
+    with pytest.raises(ConfigError, match="train.init_which: expected one of"):
+        family.load_config("tiny", [*ft, "train.init_which=first"])

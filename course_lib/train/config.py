@@ -115,7 +115,10 @@ class TrainConfig:
     fp32 on CPU; ``fp16`` needs CUDA. ``ema_decay`` > 0 keeps an exponential moving average of the weights,
     used for evaluation, the ``best`` checkpoint and ``load_from_run(which="ema")``. ``deterministic`` turns
     on ``torch.use_deterministic_algorithms`` (exact resume on GPU needs it; on CPU results are already
-    reproducible at a fixed ``num_threads``). ``num_threads`` sets torch's CPU threads (0 leaves them as the caller set
+    reproducible at a fixed ``num_threads``). ``init_from`` (a run directory of the same family) starts a *fresh* run
+    from that run's ``init_which`` weights (``"ema"``, ``"last"`` or ``"best"``; the EMA copy starts from them too)
+    with new optimizer state and schedule: fine-tuning, e.g. a vocoder on a VQ-VAE's reconstructions; a resumed
+    run ignores it (its own checkpoint holds the weights). ``num_threads`` sets torch's CPU threads (0 leaves them as the caller set
     them: ``python -m course_lib.train`` applies the course's policy, one thread or ``$COURSE_NUM_THREADS``). ``sleep_per_step`` (seconds) only exists so tests and demos can interrupt a run mid-way.
     """
 
@@ -135,6 +138,8 @@ class TrainConfig:
     tensorboard: bool = True
     check_replicas: bool = True
     sleep_per_step: float = 0.0
+    init_from: str | None = None
+    init_which: Literal["ema", "last", "best"] = "ema"
 
 
 @dataclass
@@ -199,6 +204,8 @@ class RunConfig:
         _positive("train.log_every", t.log_every)
         _positive("train.ckpt_every", t.ckpt_every)
         _positive("train.keep_last", t.keep_last)
+        if t.init_from is not None and not str(t.init_from).strip():
+            raise ConfigError("train.init_from: must be a run directory or null, got ''")
         _non_negative("train.num_threads", t.num_threads)
         _non_negative("train.sleep_per_step", t.sleep_per_step)
         if not 0.0 <= t.ema_decay < 1.0:

@@ -540,6 +540,18 @@ class Trainer:
         self.last_ckpt_step = self.step
         barrier()
 
+    def _init_from(self, run_dir: str, which: str) -> None:
+        """Fine-tuning: load ``which`` weights of another run of this family into the model (and its EMA copy)."""
+        ckpt_dir, weights = ckpt.resolve_checkpoint(run_dir, which)
+        family = ckpt.read_checkpoint_meta(ckpt_dir)["family"]
+        if family != self.family.name:
+            raise ConfigError(f"train.init_from: {run_dir} is a {family!r} run; a {self.family.name!r} run can only "
+                              f"start from a run of its own family")
+        ckpt.load_weights(self.model, weights, device=self.info.device)
+        if self.ema_model is not None:
+            self.ema_model.load_state_dict(self.model.state_dict())
+        self._log(f"initialised from {weights} ({which} weights, step {ckpt.checkpoint_step(ckpt_dir)})")
+
     def _restore(self, path: Path, state: dict[str, Any]) -> None:
         """Load weights (and EMA) from ``path`` and continue from its training ``state`` (already loaded)."""
         cfg, info = self.config, self.info
@@ -697,6 +709,8 @@ class Trainer:
             self._restore(found[0], found[1])
             self._log(f"resumed from {found[0]} (step {self.step}, epoch {self.epoch})")
         else:
+            if tc.init_from is not None:
+                self._init_from(tc.init_from, tc.init_which)
             _seed_all(tc.seed + info.rank)
 
         train_model: nn.Module = self.model

@@ -67,7 +67,12 @@ class VocosLossConfig:
     ``[n_fft, hop, n_mels]``; ``lambda_stft`` / ``stft_resolutions``: Parallel WaveGAN's multi-resolution STFT
     loss at ``[n_fft, hop, win]``; GAN (with ``model.use_discriminator``): ``lambda_fm`` (feature matching),
     ``mrd_weight`` (the multi-resolution discriminator's share, 0.1 in Vocos), ``disc_start_step`` (steps of
-    reconstruction-only training before the discriminator joins)."""
+    reconstruction-only training before the discriminator joins); ``vqvae_input`` (a shipped mel VQ-VAE, e.g.
+    ``"mel_vqvae_course"``, or a folder from ``MelVQVAE.save_pretrained``): each clip of a batch is, with
+    probability ``vqvae_input_prob``, vocoded from that VQ-VAE's reconstruction of its log-mel instead of the
+    log-mel itself, the losses still against the real clip: the vocoder learns to undo the VQ-VAE's smearing, as
+    HiFi-GAN fine-tunes on Tacotron 2's predicted mels (its section 4.4) and as Diffsound hands it tokens'
+    mels."""
 
     segment_samples: int = 16384
     lambda_mel: float = 45.0
@@ -79,6 +84,8 @@ class VocosLossConfig:
     lambda_fm: float = 1.0
     mrd_weight: float = 0.1
     disc_start_step: int = 0
+    vqvae_input: str | None = None
+    vqvae_input_prob: float = 0.5
 
 
 @dataclass
@@ -154,6 +161,7 @@ class VocosFamily(Family):
 
     def __init__(self) -> None:
         self._mrmel: dict[tuple, MultiResolutionMel] = {}
+        self._vqvae: dict[tuple, nn.Module] = {}
 
     def validate(self, config: VocosRunConfig) -> None:
         super().validate(config)
@@ -170,6 +178,18 @@ class VocosFamily(Family):
                               "reconstruction loss: set loss.lambda_mel, loss.lambda_mrmel or loss.lambda_stft > 0")
         if g.mel_top_db is not None and g.mel_top_db <= 0:
             raise ConfigError(f"loss.mel_top_db: must be > 0 dB or null, got {g.mel_top_db}")
+        if not 0.0 <= g.vqvae_input_prob <= 1.0:
+            raise ConfigError(f"loss.vqvae_input_prob: must be in [0, 1], got {g.vqvae_input_prob}")
+        if g.vqvae_input is not None:
+            from course_lib.pipelines.diffsound import load_vqvae
+
+            try:
+                vq = load_vqvae(g.vqvae_input)
+            except (FileNotFoundError, KeyError, ValueError) as err:
+                raise ConfigError(f"loss.vqvae_input: {err}") from None
+            if vq.config.mel_config() != m.mel_config():
+                raise ConfigError(f"loss.vqvae_input: {g.vqvae_input!r} reads {vq.config.mel_config()}, the vocoder "
+                                  f"reads {m.mel_config()}: they must share the mel front end")
         if g.disc_start_step < 0:
             raise ConfigError(f"loss.disc_start_step: must be >= 0, got {g.disc_start_step}")
         if g.lambda_mrmel > 0:
@@ -233,6 +253,25 @@ class VocosFamily(Family):
         crops = torch.stack([audio[i, :, s:s + seg] for i, s in enumerate(starts)])
         return {**batch, "audio": crops}
 
+    def _vocoder_input(self, target: torch.Tensor, config: VocosRunConfig) -> torch.Tensor:
+        """``target`` (B, n_mels, frames), with each clip swapped for ``loss.vqvae_input``'s reconstruction of it
+        with probability ``loss.vqvae_input_prob`` (torch's global RNG, drawn every step, so resume is exact)."""
+        g = config.loss
+        if g.vqvae_input is None:
+            return target
+        pick = torch.rand(target.shape[0]) < g.vqvae_input_prob
+        key = (str(g.vqvae_input), str(target.device))
+        if key not in self._vqvae:
+            from course_lib.pipelines.diffsound import load_vqvae
+
+            self._vqvae[key] = load_vqvae(g.vqvae_input).to(target.device).eval().requires_grad_(False)
+        if not bool(pick.any()):
+            return target
+        rebuilt = self._vqvae[key](target[pick.to(target.device)])[0].to(target.dtype)
+        given = target.clone()
+        given[pick.to(target.device)] = rebuilt
+        return given
+
     def _multi_resolution_mel(self, config: VocosRunConfig, device: torch.device) -> MultiResolutionMel:
         key = (config.model.sample_rate, tuple(tuple(int(v) for v in r) for r in config.loss.mel_resolutions), str(device))
         if key not in self._mrmel:
@@ -246,10 +285,11 @@ class VocosFamily(Family):
         g = config.loss
         with torch.no_grad(), torch.autocast(audio.device.type, enabled=False):
             target = bare.features(audio)  # (B, n_mels, frames), fp32, no gradient
+            given = self._vocoder_input(target, config)  # the true log-mel, or a VQ-VAE's rendering of it
         if phase is None or (phase == "generator" and step is not None and step < g.disc_start_step):
-            fake = model(target)[..., : audio.shape[-1]]  # reconstruction only
+            fake = model(given)[..., : audio.shape[-1]]  # reconstruction only
             return self._reconstruction(bare, fake, audio, target, config)
-        out = model(target, audio, phase=phase)  # one forward per phase, so DDP sees it
+        out = model(given, audio, phase=phase)  # one forward per phase, so DDP sees it
         mpd_real, mrd_real = out.real_out["mpd"], out.real_out["mrd"]
         mpd_fake, mrd_fake = out.fake_out["mpd"], out.fake_out["mrd"]
         if phase == "discriminator":
