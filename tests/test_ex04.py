@@ -17,7 +17,13 @@ from exercise_notebooks import (
 )
 
 from course_lib.exercises import check
-from course_lib.exercises.ex04 import LESSON, reference_caption_similarity, reference_masked_attention
+from course_lib.exercises.ex04 import (
+    LESSON,
+    GuidanceCheckModel,
+    reference_caption_similarity,
+    reference_guided_logits,
+    reference_masked_attention,
+)
 from course_lib.exercises.grade import solution_tasks
 from course_lib.nn.attention import MultiHeadAttention
 from course_lib.nn.guidance import cfg_mix
@@ -26,7 +32,7 @@ from course_lib.text.base import TextEmbedding
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "04_text_conditioning.ipynb"
 EXERCISE = ROOT / "exercises" / "04_text_conditioning.ipynb"
-TASK_IDS = ["masked_attention", "cross_attention", "classifier_free_guidance", "condition_dropout",
+TASK_IDS = ["masked_attention", "cross_attention", "guided_logits", "condition_dropout",
             "caption_similarity"]
 NAMESPACE = {"math": math, "torch": torch, "F": F}  # what the solution cells assume is imported
 
@@ -42,7 +48,7 @@ def solution_fns() -> dict:
 
 def test_notebook_tasks_match_the_registry_and_the_exercise_is_fresh():
     assert_generated_and_registered(SOLUTION, EXERCISE, LESSON, TASK_IDS)
-    assert sum(solution_tasks(SOLUTION).values()) == 8
+    assert sum(solution_tasks(SOLUTION).values()) == 9
 
 
 @pytest.mark.parametrize("task_id", TASK_IDS)
@@ -83,11 +89,21 @@ def test_known_answers_of_the_solution_and_the_references(solution_fns):
         garbage[~text_mask] = 99.0
         assert torch.allclose(solution_fns["cross_attention"](layer, x, garbage, text_mask), mine, atol=1e-6)
     assert float(mine[2].abs().max()) == 0.0
-    # guidance: scale 1 is the conditional model, 0 the unconditional one, 3 the library's mix
-    cond, uncond = torch.randn(2, 4, 10), torch.randn(2, 4, 10)
-    cfg = solution_fns["classifier_free_guidance"]
-    assert torch.allclose(cfg(cond, uncond, 1.0), cond, atol=1e-6) and torch.equal(cfg(cond, uncond, 0.0), uncond)
-    assert torch.allclose(cfg(cond, uncond, 3.0), cfg_mix(cond, uncond, 3.0))
+    # guidance in one batched pass: one call on 2B rows; scale 1 is the conditional model, 0 the unconditional one
+    model = GuidanceCheckModel(0)
+    x, text = torch.randn(2, 3, 16), torch.randn(2, 4, 12)
+    text_mask = torch.tensor([[True, True, False, False], [True] * 4])
+    guided = solution_fns["guided_logits"]
+    with torch.no_grad():
+        cond, uncond = model(x, text, text_mask), model(x, text, torch.zeros_like(text_mask))
+        model.calls.clear()
+        assert torch.allclose(guided(model, x, text, text_mask, 1.0), cond, atol=1e-5) and model.calls == [4]
+        assert torch.allclose(guided(model, x, text, text_mask, 0.0), uncond, atol=1e-5)
+        assert torch.allclose(guided(model, x, text, text_mask, 3.0), cfg_mix(cond, uncond, 3.0), atol=1e-5)
+        assert torch.allclose(reference_guided_logits(model, x, text, text_mask, 3.0), cfg_mix(cond, uncond, 3.0),
+                              atol=1e-5)
+        # the check model tells the null caption from zeroed text under the real mask (its value bias)
+        assert not torch.allclose(model(x, torch.zeros_like(text), text_mask), uncond, atol=1e-3)
     # condition dropout: p = 0 and 1, padding stays False, whole rows only
     full = torch.tensor([[True, True, False], [True, False, False]])
     drop = solution_fns["condition_dropout"]
@@ -139,9 +155,27 @@ def _null_not_zeroed(layer, x, text, text_mask):
     return layer(x, text, text_mask | null[:, None])
 
 
-def _in_place_cfg(cond, uncond, scale):
-    uncond += scale * (cond - uncond)
-    return uncond
+def _cfg(model, x, text, text_mask, scale, uncond_text=None, uncond_mask=None, swap=False, probs=False):
+    """Variants of the batched guidance: what the unconditional half is given, halves swapped, mix on probs."""
+    b = x.shape[0]
+    uncond_text = text if uncond_text is None else uncond_text
+    uncond_mask = torch.zeros_like(text_mask) if uncond_mask is None else uncond_mask
+    logits = model(torch.cat([x, x]), torch.cat([text, uncond_text]), torch.cat([text_mask, uncond_mask]))
+    cond, uncond = (logits[b:], logits[:b]) if swap else (logits[:b], logits[b:])
+    if probs:
+        cond, uncond = cond.softmax(-1), uncond.softmax(-1)
+    return uncond + scale * (cond - uncond)
+
+
+def _two_calls(model, x, text, text_mask, scale):
+    cond, uncond = model(x, text, text_mask), model(x, text, torch.zeros_like(text_mask))
+    return uncond + scale * (cond - uncond)
+
+
+def _in_place_cfg(model, x, text, text_mask, scale):
+    out = reference_guided_logits(model, x, text, text_mask, scale)
+    x.mul_(0)  # the caller's tensor, changed in place
+    return out
 
 
 def _per_token(mask, p, generator=None):
@@ -201,12 +235,14 @@ def _nan_null(ea, ma, eb, mb):
     ("cross_attention", lambda *a: _cross(*a, heads=False), "split q, k, v into 4 heads"),
     ("cross_attention", lambda *a: _cross(*a, out_proj=False), "layer.out_proj"),
     ("cross_attention", _null_not_zeroed, "must give exactly zero output"),
-    ("classifier_free_guidance", lambda c, u, s: c + s * (c - u), "scale = 1 must give cond exactly"),
-    ("classifier_free_guidance", lambda c, u, s: u + s * (u - c), "wrong direction"),
-    ("classifier_free_guidance", lambda c, u, s: s * (c - u), "you forgot to add uncond"),
-    ("classifier_free_guidance", _in_place_cfg, "changed its inputs in place"),
-    ("classifier_free_guidance", lambda c, u, s: u.softmax(-1) + s * (c.softmax(-1) - u.softmax(-1)),
-     "not their softmax probabilities"),
+    ("guided_logits", _two_calls, "call model once"),
+    ("guided_logits", lambda m, x, t, k, s: _cfg(m, x, t, k, s, uncond_mask=k), "still sees the caption"),
+    ("guided_logits", lambda m, x, t, k, s: _cfg(m, x, t, k, s, uncond_text=torch.zeros_like(t), uncond_mask=k),
+     "zeroing the text is not the null caption"),
+    ("guided_logits", lambda m, x, t, k, s: _cfg(m, x, t, k, s, uncond_mask=~k), "inverted mask"),
+    ("guided_logits", lambda m, x, t, k, s: _cfg(m, x, t, k, s, swap=True), "halves are swapped"),
+    ("guided_logits", lambda m, x, t, k, s: _cfg(m, x, t, k, s, probs=True), "not their softmax probabilities"),
+    ("guided_logits", _in_place_cfg, "changed its inputs in place"),
     ("condition_dropout", _per_token, "removes a WHOLE caption"),
     ("condition_dropout", _inverted_rate, "probability 1 − p"),
     ("condition_dropout", _global_rng, "draw the random numbers from the generator"),

@@ -7,7 +7,7 @@ Each checker compares the student's function with the course's reference (torch'
 inputs, and turns the first mismatch into a hint naming the likeliest mistake: the mask's polarity
 inverted, the softmax over the queries instead of the keys, no ``1/√d``, masked scores set to 0 instead of
 −∞, padding tokens that still change the output, one big head instead of several, NaN for the null caption,
-guidance pushed from the wrong side, tokens dropped one by one instead of whole captions, a rate of ``1 − p``,
+guidance pushed from the wrong side or on probabilities, an unconditional half that still sees the caption, tokens dropped one by one instead of whole captions, a rate of ``1 − p``,
 padding counted in a mean.
 """
 
@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from course_lib.exercises.checks import CheckContext, WrongAnswer, expect_tensor, register_task, seeded
 from course_lib.nn.attention import MultiHeadAttention
@@ -25,7 +26,8 @@ from course_lib.nn.guidance import cfg_mix
 
 LESSON = "04_text_conditioning"
 
-__all__ = ["LESSON", "reference_caption_similarity", "reference_masked_attention"]
+__all__ = ["LESSON", "GuidanceCheckModel", "reference_caption_similarity", "reference_guided_logits",
+           "reference_masked_attention"]
 
 
 def _same(got: torch.Tensor, expected: torch.Tensor, atol: float = 1e-5, equal_nan: bool = False) -> bool:
@@ -220,45 +222,105 @@ def check_cross_attention_impl(ctx: CheckContext, fn: Callable) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Task 3: classifier-free guidance
+# Task 3: classifier-free guidance in one batched pass
 # --------------------------------------------------------------------------------------------------------
 
-CFG_SCALES: tuple[float, ...] = (3.0, 1.0, 0.0, 0.5, 7.5)
+CFG_SCALES: tuple[float, ...] = (3.0, 1.0, 0.0, 7.5)
 
 
-@register_task("classifier_free_guidance", LESSON,
-               hint_on_error="guided = uncond + scale * (cond - uncond).")
-def check_classifier_free_guidance_impl(ctx: CheckContext, fn: Callable) -> None:
-    """``fn(cond, uncond, scale)`` must equal :func:`course_lib.nn.guidance.cfg_mix` (``uncond + s·(cond − uncond)``)."""
-    g = seeded(43)
-    cond, uncond = torch.randn(2, 4, 10, generator=g) * 2, torch.randn(2, 4, 10, generator=g) * 2
+class GuidanceCheckModel(nn.Module):
+    """The check's conditional network: ``logits = head(x + cross_attention(x, text, text_mask))``, ``x`` (B, S, 16)
+    float, ``text`` (B, L, 12), ``text_mask`` (B, L) bool -> logits (B, S, 10). Its value projection has a bias, so a
+    caption of zeros under a real mask is not the null caption (an all-False row, whose cross-attention is exactly
+    zero). It records the batch size of every call, so the check can see how often and how it was run."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)  # fixed weights; the global RNG is restored below
+        self.attention = MultiHeadAttention(dim=16, num_heads=4, context_dim=12)
+        self.head = nn.Linear(16, 10)
+        torch.random.set_rng_state(torch_state)
+        self.eval().requires_grad_(False)
+        self.calls: list[int] = []
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        self.calls.append(int(x.shape[0]))
+        return 3.0 * self.head(x + self.attention(x, context=text, context_mask=text_mask))
+
+
+def reference_guided_logits(model: Callable, x: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
+                            scale: float) -> torch.Tensor:
+    """Classifier-free guidance in one batched pass: ``[x; x]`` with ``[text; text]`` under ``[text_mask; all
+    False]`` through ``model`` once, halves mixed on the logits with :func:`course_lib.nn.guidance.cfg_mix`."""
+    b = x.shape[0]
+    logits = model(torch.cat([x, x]), torch.cat([text, text]), torch.cat([text_mask, torch.zeros_like(text_mask)]))
+    return cfg_mix(logits[:b], logits[b:], scale)
+
+
+def _guidance_case(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = seeded(seed)
+    x, text = torch.randn(3, 5, 16, generator=g), torch.randn(3, 4, 12, generator=g)
+    mask = torch.tensor([[True] * 4, [True, True, False, False], [True, False, False, False]])
+    text[~mask] = torch.randn(int((~mask).sum()), 12, generator=g) * 10  # padding holds garbage
+    return x, text, mask
+
+
+@register_task("guided_logits", LESSON,
+               hint_on_error="one call of model on torch.cat([x, x]), torch.cat([text, text]), torch.cat([text_mask, "
+                             "null]); split the logits in halves; uncond + scale * (cond - uncond).")
+def check_guided_logits_impl(ctx: CheckContext, fn: Callable) -> None:
+    """``fn(model, x, text, text_mask, scale)`` must equal :func:`reference_guided_logits`, calling ``model`` once on
+    the doubled batch; the hints name the likely mistakes (two calls, the real mask or zeroed text in the
+    unconditional half, guidance on probabilities, halves swapped, inputs changed in place)."""
+    model = GuidanceCheckModel(44)
+    x, text, mask = _guidance_case(45)
+    b = x.shape[0]
+    null = torch.zeros_like(mask)
+    with torch.no_grad():
+        cond = model(x, text, mask)
+        uncond = model(x, text, null)
+        zeros_text = model(x, torch.zeros_like(text), mask)
+        inverted = model(x, text, ~mask)
     for scale in CFG_SCALES:
+        where = f"for x {tuple(x.shape)}, text_mask {mask.int().tolist()} and scale {scale:g}"
         expected = cfg_mix(cond, uncond, scale)
-        args = (cond.clone(), uncond.clone())
-        where = f"for logits of shape {tuple(cond.shape)} and scale {scale:g}"
-        got = _float_tensor(ctx.call(fn, *args, scale), "classifier_free_guidance", tuple(cond.shape), where)
-        _unchanged((cond, uncond), args, where)
+        args = (x.clone(), text.clone(), mask.clone())
+        model.calls.clear()
+        with torch.no_grad():
+            got = _float_tensor(ctx.call(fn, model, *args, scale), "guided_logits", tuple(cond.shape), where)
+        _unchanged((x, text, mask), args, where)
+        calls = list(model.calls)
         if _same(got, expected):
+            if calls != [2 * b]:
+                raise WrongAnswer(f"{where}: the logits are right, but model was called on batch sizes {calls}: stack "
+                                  f"the conditional and the unconditional inputs into ONE batch of {2 * b} and call "
+                                  "model once (what a sampler does at every step: one forward pass, not two)")
             continue
+        probs = uncond.softmax(-1) + scale * (cond.softmax(-1) - uncond.softmax(-1))
         variants = [
+            (cond, "your unconditional half still sees the caption: give it the null caption, the same text under a "
+                   "mask of all False (torch.zeros_like(text_mask)), so cross-attention contributes exactly zero"),
+            (cfg_mix(cond, zeros_text, scale),
+             "zeroing the text is not the null caption: with the real mask, attention still reads the zero vectors "
+             "(their value projection has a bias). Keep the text and give the unconditional half a mask of all False"),
+            (cfg_mix(cond, inverted, scale),
+             "the unconditional half got the inverted mask (it then attends to the padding): the null caption is a "
+             "mask of all False"),
+            (cfg_mix(uncond, cond, scale), "the halves are swapped: the first B rows of the output are the "
+                                           "conditional ones (text_mask), the last B the unconditional ones (null)"),
             (cond + scale * (cond - uncond),
-             "that is Ho & Salimans' (1 + w)·cond − w·uncond with w = scale; here scale = 1 must give cond exactly "
-             "(scale = 1 + w): start from uncond, uncond + scale·(cond − uncond)"),
-            (uncond + scale * (uncond - cond), "wrong direction: guidance pushes AWAY from uncond, towards cond: "
-                                               "uncond + scale·(cond − uncond)"),
-            (cond + scale * (uncond - cond), "start from uncond and move towards cond: uncond + scale·(cond − uncond)"),
-            (scale * (cond - uncond), "you forgot to add uncond: uncond + scale·(cond − uncond)"),
-            (scale * cond + uncond, "the unconditional output is subtracted scale times: uncond + scale·(cond − uncond)"),
-            (uncond.softmax(-1) + scale * (cond.softmax(-1) - uncond.softmax(-1)),
-             "mix the logits themselves, not their softmax probabilities (return logits)"),
-            ((uncond.softmax(-1) + scale * (cond.softmax(-1) - uncond.softmax(-1))).log(),
-             "mix the logits themselves, not their softmax probabilities"),
+             "that is (1 + w)·cond − w·uncond with w = scale; here scale = 1 must give the conditional logits: "
+             "uncond + scale·(cond − uncond)"),
+            (probs, "mix the logits themselves, not their softmax probabilities (return logits)"),
+            (probs.clamp_min(1e-30).log(), "mix the logits themselves, not their softmax probabilities"),
         ]
         for value, hint in variants:
             if _same(got, value):
                 raise WrongAnswer(f"{where}: {hint}")
         raise WrongAnswer(f"{where}: expected {expected.flatten()[:3].tolist()}..., got {got.flatten()[:3].tolist()}"
-                          "...: guided = uncond + scale·(cond − uncond), elementwise")
+                          "...: one call of model on the doubled batch, then uncond + scale·(cond − uncond) on the "
+                          "two halves of the logits")
 
 
 # --------------------------------------------------------------------------------------------------------
