@@ -348,3 +348,71 @@ def test_the_engine_passes_the_step_so_the_warmup_ends_on_time(tmp_path):
     logged = {r["step"]: r for r in rows if r["kind"] == "train"}
     assert "train/perplexity" not in logged[1] and "train/perplexity" not in logged[2]  # steps 0, 1: bypassed
     assert "train/perplexity" in logged[3]  # step 2: the quantizer is on
+
+
+# ---- the iSTFT decoder (codec_v2) --------------------------------------------------------------------------
+
+
+def test_istft_decoder_shapes_round_trip_save_load_and_gradients(tmp_path):
+    """``decoder="istft"``: F frames give F · hop samples, decode(encode(x)) is the forward's reconstruction,
+    save/load keeps the outputs, every decoder parameter gets a gradient, and the old default still builds SEANet."""
+    from course_lib.codecs.istft_decoder import ISTFTDecoder
+    from course_lib.codecs.seanet import SEANetDecoder
+
+    codec = tiny_codec(decoder="istft", decoder_dim=16, decoder_intermediate_dim=32, decoder_layers=2)
+    assert isinstance(codec.decoder, ISTFTDecoder) and isinstance(tiny_codec().decoder, SEANetDecoder)
+    assert codec.decoder.head.n_fft == 4 * 320  # decoder_n_fft 0: four hops
+    x = clip(2, 3000)
+    codec.eval()
+    with torch.no_grad():
+        recon, _ = codec(x)
+        codes = codec.encode(x)
+        assert recon.shape == x.shape and codes.shape == (2, 3, 10)
+        assert codec.decode(codes).shape == (2, 1, 10 * 320)
+        torch.testing.assert_close(codec.decode(codes)[..., :3000], recon)
+    codec.save_pretrained(tmp_path / "c")
+    again = Codec.from_pretrained(tmp_path / "c").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(x)[0], recon)
+    codec.train()
+    out, q = codec(x)
+    (out.square().mean() + q.loss).backward()
+    missing = [n for n, p in codec.decoder.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, missing
+
+
+def test_istft_decoder_config_errors():
+    for overrides, message in (
+        (dict(decoder="wavenet"), "model.decoder: must be 'seanet' or 'istft'"),
+        (dict(decoder="istft", channels=2), "'istft' makes mono audio"),
+        (dict(decoder="istft", decoder_n_fft=400), "model.decoder_n_fft: must be 0"),
+        (dict(decoder="istft", decoder_layers=0), "model.decoder_layers: must be > 0"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            CodecConfig(**{**TINY, **overrides}).validate()
+    family = get_family("codec")
+    with pytest.raises(ConfigError, match="loss.mrmel: weights must be >= 0"):
+        family.load_config("tiny", ["loss.mrmel=-1"])
+    with pytest.raises(ConfigError, match="loss.stft_resolutions: need a list"):
+        family.load_config("tiny", ["loss.stft=1", "loss.stft_resolutions=[[128, 32, 256]]"])
+    v2 = family.load_config("v2")
+    assert v2.model.decoder == "istft" and v2.data.version == 2 and v2.loss.mrmel > 0 and v2.loss.stft > 0
+    assert Codec(v2.model.codec_config()).bitrate() == 3200.0  # 50 frames/s × 8 × log2(256)
+
+
+def test_spectral_loss_terms_are_added_and_logged(tmp_path):
+    """``loss.mrmel`` and ``loss.stft`` add their weighted terms to the generator loss (0 leaves it unchanged)."""
+    family = get_family("codec")
+    base = family.load_config("tiny", [f"train.run_dir={tmp_path}", "loss.autoencoder_warmup_steps=5"])
+    extra = family.load_config("tiny", [f"train.run_dir={tmp_path}", "loss.autoencoder_warmup_steps=5",
+                                        "loss.mrmel=2.0", "loss.stft=3.0", "loss.mrmel_resolutions=[[256, 64, 32]]",
+                                        "loss.stft_resolutions=[[256, 32, 128]]"])
+    model = family.build_model(base.model)
+    batch = {"audio": clip(2, 16000)}
+    torch.manual_seed(0)
+    plain, logs0 = family.loss_step(model, batch, base, step=0)
+    torch.manual_seed(0)
+    more, logs = family.loss_step(model, batch, extra, step=0)
+    assert "mrmel_db" not in logs0 and {"mrmel_db", "stft_sc", "stft_log_mag"} <= set(logs)
+    expected = float(plain.detach()) + 2.0 * logs["mrmel_db"] / (20 / math.log(10)) + 3.0 * (logs["stft_sc"] + logs["stft_log_mag"])
+    assert float(more.detach()) == pytest.approx(expected, rel=1e-4)

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from course_lib.codecs.istft_decoder import ISTFTDecoder
 from course_lib.codecs.seanet import NORMS, PAD_MODES, SEANetDecoder, SEANetEncoder
 from course_lib.quantize import QuantizerOutput, ResidualVectorQuantizer, bitrate
 
@@ -74,6 +75,11 @@ class CodecConfig:
     convolution shortcuts in the residual units), ``pad_mode`` (one of ``PAD_MODES``), ``norm`` may also be
     ``"time_group_norm"``, ``trim_right_ratio`` (causal only), ``pad_input`` (False: no zero-padding of the
     clip to a multiple of ``hop`` before the encoder, as EnCodec).
+
+    ``decoder``: ``"seanet"`` (EnCodec's, the default) or ``"istft"`` (a Vocos-style decoder at the frame rate,
+    :class:`course_lib.codecs.istft_decoder.ISTFTDecoder`, a stated deviation; mono only) with
+    ``decoder_dim``/``decoder_intermediate_dim``/``decoder_layers`` (its ConvNeXt backbone), ``decoder_n_fft``
+    (0: 4 × hop) and ``decoder_phase_advance``.
     """
 
     sample_rate: int = 16_000
@@ -102,6 +108,12 @@ class CodecConfig:
     pad_mode: str = "constant"
     trim_right_ratio: float = 1.0
     pad_input: bool = True
+    decoder: str = "seanet"
+    decoder_dim: int = 256
+    decoder_intermediate_dim: int = 768
+    decoder_layers: int = 8
+    decoder_n_fft: int = 0
+    decoder_phase_advance: bool = True
 
     @property
     def hop_length(self) -> int:
@@ -138,6 +150,17 @@ class CodecConfig:
         if ratio != 1.0 and not self.causal:
             raise ValueError(f"model.trim_right_ratio: {ratio} != 1.0 needs model.causal = true (a non-causal "
                              f"transposed convolution trims total // 2 on the right)")
+        if self.decoder not in ("seanet", "istft"):
+            raise ValueError(f"model.decoder: must be 'seanet' or 'istft', got {self.decoder!r}")
+        if self.decoder == "istft":
+            if self.channels != 1:
+                raise ValueError(f"model.decoder: 'istft' makes mono audio, but model.channels = {self.channels}")
+            for key in ("decoder_dim", "decoder_intermediate_dim", "decoder_layers"):
+                if getattr(self, key) <= 0:
+                    raise ValueError(f"model.{key}: must be > 0, got {getattr(self, key)}")
+            if self.decoder_n_fft and self.decoder_n_fft < 2 * self.hop_length:
+                raise ValueError(f"model.decoder_n_fft: must be 0 (4 x hop) or >= 2 x hop = {2 * self.hop_length}, "
+                                 f"got {self.decoder_n_fft}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"model.ema_decay: must be in [0, 1), got {self.ema_decay}")
         if self.commitment_weight < 0 or self.dead_code_threshold < 0:
@@ -187,7 +210,13 @@ class Codec(nn.Module):
             beta=config.commitment_weight, ema=True, decay=config.ema_decay,
             dead_code_threshold=config.dead_code_threshold, kmeans_init=config.kmeans_init,
             kmeans_iters=config.kmeans_iters)
-        self.decoder = SEANetDecoder(**seanet, trim_right_ratio=config.trim_right_ratio)
+        if config.decoder == "istft":
+            self.decoder = ISTFTDecoder(config.dimension, config.hop_length,
+                                        config.decoder_n_fft or 4 * config.hop_length, config.decoder_dim,
+                                        config.decoder_intermediate_dim, config.decoder_layers,
+                                        phase_advance=config.decoder_phase_advance)
+        else:
+            self.decoder = SEANetDecoder(**seanet, trim_right_ratio=config.trim_right_ratio)
 
     # ---- arithmetic --------------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ Train it: ``python -m course_lib.train codec --config tiny train.run_dir=runs/co
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -51,6 +52,9 @@ from course_lib.train.config import EvalConfig, OptimConfig, RunConfig
 from course_lib.train.errors import ConfigError
 from course_lib.train.families import register_family
 from course_lib.train.families.base import Batch, EvalResult, Family, OptimizerGroup, unwrap_model
+from course_lib.train.families.melgan import multi_resolution_stft_loss
+
+NATS_TO_DB = 20.0 / math.log(10.0)
 
 # 1. Configs ----------------------------------------------------------------------------------------------
 
@@ -84,7 +88,14 @@ class CodecLossConfig:
     without the quantizer: the encoder's latent goes straight to the decoder, and the codebooks are left
     alone. Their k-means initialisation then runs on latents that already describe the sound, which skips the
     long collapsed start (perplexity near 1, mel distance stuck) that a short CPU run otherwise spends a third
-    of its steps in."""
+    of its steps in.
+
+    Two extra reconstruction terms, 0 in EnCodec (the course's ``codec_v2`` uses them, as the course's Vocos
+    does): ``mrmel`` × the log-mel L1 at ``mrmel_resolutions`` (``[n_fft, hop, n_mels]``; the first is the
+    course front end), floored ``mrmel_top_db`` dB under the clip's peak like the course metric
+    (:class:`course_lib.train.families.vocos.MultiResolutionMel`); ``stft`` × Parallel WaveGAN's
+    multi-resolution STFT loss at ``stft_resolutions`` (``[n_fft, hop, win]``): its spectral convergence keeps
+    loud partials loud, which a log-scale loss alone lets slip."""
 
     l1: float = 0.1
     mel: float = 2.0
@@ -94,6 +105,13 @@ class CodecLossConfig:
     mel_n_mels: int = 64
     mel_f_min: float = 64.0
     autoencoder_warmup_steps: int = 0
+    mrmel: float = 0.0
+    mrmel_resolutions: list[list[int]] = field(default_factory=lambda: [[1024, 256, 80], [512, 128, 64],
+                                                                        [2048, 512, 128]])
+    mrmel_top_db: float | None = 80.0
+    stft: float = 0.0
+    stft_resolutions: list[list[int]] = field(default_factory=lambda: [[1024, 120, 600], [2048, 240, 1200],
+                                                                       [512, 50, 240]])
 
 
 @dataclass
@@ -193,6 +211,7 @@ class CodecFamily(Family):
 
     def __init__(self) -> None:
         self._mel_losses: dict[tuple, MultiScaleMelLoss] = {}
+        self._mrmel: dict[tuple, nn.Module] = {}
 
     def validate(self, config: CodecRunConfig) -> None:
         super().validate(config)
@@ -223,6 +242,25 @@ class CodecFamily(Family):
             if d.grad_accum != config.optim.grad_accum:
                 raise ConfigError(f"disc_optim.grad_accum ({d.grad_accum}) must equal optim.grad_accum "
                                   f"({config.optim.grad_accum}): both phases share the micro-batches")
+        for key in ("mrmel", "stft"):
+            if getattr(loss, key) < 0:
+                raise ConfigError(f"loss.{key}: weights must be >= 0, got {getattr(loss, key)}")
+        if loss.mrmel > 0:
+            if not loss.mrmel_resolutions or any(len(r) != 3 or min(int(v) for v in r) <= 0
+                                                 for r in loss.mrmel_resolutions):
+                raise ConfigError(f"loss.mrmel_resolutions: need a list of [n_fft, hop, n_mels] > 0, got "
+                                  f"{loss.mrmel_resolutions}")
+            if loss.mrmel_top_db is not None and loss.mrmel_top_db <= 0:
+                raise ConfigError(f"loss.mrmel_top_db: must be > 0 dB or null, got {loss.mrmel_top_db}")
+            need["the multi-resolution mel loss (loss.mrmel_resolutions)"] = max(
+                int(r[0]) for r in loss.mrmel_resolutions) // 2 + 1
+        if loss.stft > 0:
+            if not loss.stft_resolutions or any(len(r) != 3 or int(r[0]) < int(r[2]) or min(int(v) for v in r) <= 0
+                                                for r in loss.stft_resolutions):
+                raise ConfigError(f"loss.stft_resolutions: need a list of [n_fft, hop, win] with 0 < win <= n_fft, "
+                                  f"got {loss.stft_resolutions}")
+            need["the multi-resolution STFT loss (loss.stft_resolutions)"] = max(
+                int(r[0]) for r in loss.stft_resolutions) // 2 + 1
         for what, n in need.items():
             if samples < n:
                 raise ConfigError(f"data.clip_seconds={config.data.clip_seconds} gives {samples} samples, fewer "
@@ -261,6 +299,15 @@ class CodecFamily(Family):
                                                       lc.mel_f_min).to(device)
         return self._mel_losses[key]
 
+    def _multi_resolution_mel(self, config: CodecRunConfig, device: torch.device) -> nn.Module:
+        from course_lib.train.families.vocos import MultiResolutionMel
+
+        lc = config.loss
+        key = (config.model.sample_rate, tuple(tuple(int(v) for v in r) for r in lc.mrmel_resolutions), str(device))
+        if key not in self._mrmel:
+            self._mrmel[key] = MultiResolutionMel(config.model.sample_rate, lc.mrmel_resolutions).to(device)
+        return self._mrmel[key]
+
     def _reconstruction(self, recon: torch.Tensor, audio: torch.Tensor, q: Any,
                         config: CodecRunConfig) -> tuple[torch.Tensor, dict[str, float]]:
         recon = recon.float()
@@ -268,6 +315,14 @@ class CodecFamily(Family):
         mel = self.mel_loss(config, audio.device)(recon, audio)
         total = config.loss.l1 * l1 + config.loss.mel * mel + q.loss
         logs = {"l1": float(l1.detach()), "mel": float(mel.detach()), "vq": float(q.loss.detach())}
+        lc = config.loss
+        if lc.mrmel > 0:
+            mr = self._multi_resolution_mel(config, audio.device)(recon, audio, lc.mrmel_top_db)
+            total, logs["mrmel_db"] = total + lc.mrmel * mr, float(mr.detach()) * NATS_TO_DB
+        if lc.stft > 0:
+            sc, mag = multi_resolution_stft_loss(recon, audio, lc.stft_resolutions)
+            total = total + lc.stft * (sc + mag)
+            logs["stft_sc"], logs["stft_log_mag"] = float(sc.detach()), float(mag.detach())
         if q.metrics:  # empty while the quantizer is bypassed (warm-up)
             logs.update(perplexity=float(q.metrics["perplexity"]), dead_codes=float(q.metrics["dead_codes"]))
         return total, logs
