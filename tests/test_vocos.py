@@ -345,3 +345,37 @@ def test_init_from_fine_tunes_from_another_run_and_refuses_another_family(tmp_pa
                                                    f"train.init_from={mel}", "train.init_which=last"]))
     with pytest.raises(ConfigError, match="train.init_which: expected one of"):
         family.load_config("tiny", [*ft, "train.init_which=first"])
+
+
+def test_rate_counts_per_data_version_strip_the_path_and_count_each_version_s_clips():
+    """A vocoder card's rates (``v1_vqvae_griffin_lim_count_accuracy`` ...) are shares of the clips of their data
+    version with that attribute: the count comes from those clips' labels, not from the audio."""
+    from course_lib.pretrained.measures import heldout_clips, prompt_clips, rate_counts
+
+    clips = {v: heldout_clips("sound_events", 6, 1.0, 16_000, v) for v in (1, 2)}
+    metrics = {"v1_class_accuracy": 1.0, "v2_vqvae_griffin_lim_count_accuracy": 0.5, "v1_real_pitch_band_accuracy": 1.0,
+               "v2_mel_db": 2.0, "rtf_1_thread": 100.0}
+    counts = rate_counts(metrics, clips)
+    assert set(counts) == {"v1_class_accuracy", "v2_vqvae_griffin_lim_count_accuracy", "v1_real_pitch_band_accuracy"}
+    assert counts["v1_class_accuracy"] == 6
+    assert counts["v2_vqvae_griffin_lim_count_accuracy"] == sum(c.attributes.get("count") is not None for c in clips[2])
+    assert counts["v1_real_pitch_band_accuracy"] == sum(c.attributes.get("pitch_band") is not None for c in clips[1])
+    settings = {"n_clips": 6, "clip_seconds": 1.0, "versions": [1, 2]}
+    assert {v: [c.attributes for c in cs] for v, cs in prompt_clips("vocos_course", settings).items()} == {
+        v: [c.attributes for c in cs] for v, cs in clips.items()}
+    assert prompt_clips("vocos_course", {**settings, "probes": False}) == []
+
+
+def test_diffsound_load_vocoder_tells_a_vocos_folder_from_a_melgan_one(tmp_path):
+    from course_lib.pipelines.diffsound import load_vocoder
+    from course_lib.vocoders.melgan import MelGAN, MelGANConfig
+
+    _model(VocosConfig(**{**TINY.__dict__, "use_discriminator": False})).save_pretrained(tmp_path / "vocos")
+    assert isinstance(load_vocoder(tmp_path / "vocos"), Vocos)
+    torch.manual_seed(0)
+    MelGAN(MelGANConfig(sample_rate=16_000, n_fft=256, hop_length=64, n_mels=32, ngf=4,
+                        upsample_ratios=(8, 8))).save_pretrained(
+        tmp_path / "melgan")
+    assert isinstance(load_vocoder(str(tmp_path / "melgan")), MelGAN)
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        load_vocoder(tmp_path)

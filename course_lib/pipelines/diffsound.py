@@ -51,6 +51,7 @@ from course_lib.pipelines.audiogen import PRETRAINED_PREFIX, _eval_mode, _load_m
 from course_lib.text.base import TextEmbedding, TextEncoder
 from course_lib.text.prompts import encode_prompts
 from course_lib.vocoders import GriffinLimVocoder, MelGAN, Vocoder
+from course_lib.vocoders.vocos import Vocos
 
 __all__ = ["DiffsoundPipeline", "grid_to_sequence", "sequence_to_grid", "load_decoder", "load_vqvae",
            "load_vocoder"]
@@ -133,12 +134,27 @@ def load_decoder(spec: str | os.PathLike | nn.Module = "diffsound_course") -> Di
 def load_vocoder(spec: str | os.PathLike | nn.Module = GRIFFIN_LIM, mel_config=None,
                  griffin_lim_iters: int = 32) -> nn.Module:
     """A vocoder: ``"griffin_lim"`` (:class:`GriffinLimVocoder` on ``mel_config``, ``griffin_lim_iters``
-    iterations; no weights), a shipped :class:`MelGAN` name (``"melgan_course"``) or a folder written by
-    :meth:`MelGAN.save_pretrained`, or a vocoder object (returned as is)."""
+    iterations; no weights), a shipped vocoder's name (``"vocos_course"``, ``"melgan_course"``), a folder written
+    by :meth:`Vocos.save_pretrained` or :meth:`MelGAN.save_pretrained` (told apart by its ``config.json``), or a
+    vocoder object (returned as is)."""
     if isinstance(spec, nn.Module):
         return spec
     if isinstance(spec, str) and spec.strip() == GRIFFIN_LIM:
         return GriffinLimVocoder(mel_config, n_iter=griffin_lim_iters)
+    text = str(spec).strip() if isinstance(spec, (str, os.PathLike)) else ""
+    folder = Path(text).expanduser()
+    if text and not text.startswith(PRETRAINED_PREFIX) and folder.is_dir():
+        config = folder / "config.json"
+        if not config.is_file():
+            raise FileNotFoundError(f"vocoder folder {folder} has no config.json: pass a folder written by "
+                                    f"Vocos.save_pretrained or MelGAN.save_pretrained")
+        cls = Vocos if "phase_advance" in json.loads(config.read_text()) else MelGAN
+        return _load_model(folder, cls, "vocoder")
+    from course_lib import pretrained
+
+    name = text[len(PRETRAINED_PREFIX):] if text.startswith(PRETRAINED_PREFIX) else text
+    if name in pretrained._REGISTRY and pretrained._REGISTRY[name][0].endswith(":Vocos"):
+        return _load_model(spec, Vocos, "vocoder")
     return _load_model(spec, MelGAN, "vocoder")
 
 

@@ -7,6 +7,7 @@ nor in the training run's periodic evaluation (valid split). Half sound events, 
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import torch
@@ -151,20 +152,34 @@ RATE_ATTRIBUTES = {"class_accuracy": "class", "count_accuracy": "count", "pitch_
 _RATE_PREFIXES = ("cascade_ceiling_", "ceiling_", "low_", "")
 
 
-def rate_counts(metrics: dict[str, float], clips: list) -> dict[str, int]:
+_VERSION_TAG = re.compile(r"^v(\d+)_")
+# Paths a vocoder card's rates are measured on (measure_vocoder), stripped before the attribute is looked up.
+_PATH_PREFIXES = ("vqvae_griffin_lim_", "vqvae_", "griffin_lim_", "real_")
+
+
+def rate_counts(metrics: dict[str, float], clips: list | dict[int, list]) -> dict[str, int]:
     """For each prompt-adherence rate in ``metrics``, the number of ``clips`` it is a share of.
 
     A rate's denominator depends only on the prompts' attributes (a count is checked only for prompts with a
     count, a mode only where a key is given), never on the audio, so it is the same on every machine: the
-    card tests use it to turn "at most ``f`` prompts may flip" into a tolerance of ``f / n``."""
+    card tests use it to turn "at most ``f`` prompts may flip" into a tolerance of ``f / n``. ``clips`` may be
+    ``{version: clips}`` for rates measured per data version (keys ``v1_…``, ``v2_…``, as
+    :func:`measure_vocoder` writes them)."""
     counts = {}
     for key in metrics:
+        pool, rest = clips, key
+        if isinstance(clips, dict):
+            tag = _VERSION_TAG.match(key)
+            if tag is None or int(tag.group(1)) not in clips:
+                continue
+            pool, rest = clips[int(tag.group(1))], key[tag.end():]
+            rest = next((rest[len(p):] for p in _PATH_PREFIXES if rest.startswith(p)), rest)
         for prefix in _RATE_PREFIXES:
-            base = key[len(prefix):] if key.startswith(prefix) else None
+            base = rest[len(prefix):] if rest.startswith(prefix) else None
             if base in RATE_ATTRIBUTES:
                 attribute = RATE_ATTRIBUTES[base]
                 needs_key = attribute == "mode"  # the mode is checked on the prompt's tonic
-                counts[key] = sum(1 for c in clips if c.attributes.get(attribute) is not None
+                counts[key] = sum(1 for c in pool if c.attributes.get(attribute) is not None
                                   and (not needs_key or c.attributes.get("key") is not None))
                 break
     return counts
@@ -175,7 +190,7 @@ def rate_counts(metrics: dict[str, float], clips: list) -> dict[str, int]:
 # other way changes the rest of the clip (seen: 1 prompt of 24 between two CPUs), so 2. Noise2Music's DDIM
 # sampler is continuous in its inputs: only a probe's decision right at its boundary can flip, so 1.
 RATE_FLIPS = {"audiogen_course": 2, "diffsound_course": 2, "diffsound_ar_course": 2,
-              "n2m_generator_course": 1, "n2m_cascader_course": 1}
+              "n2m_generator_course": 1, "n2m_cascader_course": 1, "vocos_course": 1}
 
 
 def tolerance_text(relative: float, rate_flips: int) -> str:
@@ -191,8 +206,14 @@ def tolerance_text(relative: float, rate_flips: int) -> str:
     return text
 
 
-def prompt_clips(name: str, settings: dict) -> list:
-    """The test-split clips whose captions a generative card's measure prompts with (``[]`` for other models)."""
+def prompt_clips(name: str, settings: dict) -> list | dict[int, list]:
+    """The test-split clips whose captions a generative card's measure prompts with (``[]`` for other models);
+    for a vocoder card, ``{version: the sound-event clips its probes read}`` (:func:`measure_vocoder`)."""
+    if name == "vocos_course":
+        if not settings.get("probes", True):
+            return []
+        n, seconds = settings.get("n_clips", 24), float(settings.get("clip_seconds", 2.0))
+        return {v: heldout_clips("sound_events", n, seconds, 16_000, v) for v in settings.get("versions", (1, 2))}
     if name in ("audiogen_course", "diffsound_course", "diffsound_ar_course"):
         return list(sound_events.generate_clips("test", settings.get("n_prompts", 24), settings.get("seconds", 2.0),
                                                 16_000))
@@ -620,3 +641,72 @@ def measure_vocoder(model, n_clips: int = 24, clip_seconds: float = 2.0, batch_s
         metrics["rtf_1_thread"] = round(vocoder_rtf(model, mel_config, clip_seconds), 1)
         metrics["rtf_1_thread_cpu"] = round(vocoder_rtf(model, mel_config, clip_seconds, clock="cpu"), 1)
     return metrics
+
+
+# ---- Tokenizers judged by the probes: what a listener needs, kept or lost -------------------------------------
+
+_VERSION_PROBES: dict[tuple[str, int, float, int], torch.nn.Module] = {}  # (kind, version, seconds, rate) -> probe
+
+
+def version_probes(version: int, clip_seconds: float, sample_rate: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The event-class and instrument probes for data ``version``, trained on that version's train-split clips
+    with :mod:`course_lib.data.probe_check`'s full-size settings (the ones its accuracies on real clips were
+    measured with), once per process (about a minute on one thread)."""
+    from course_lib.data.music_probes import train_instrument_classifier
+    from course_lib.data.probe_check import EVENT_PROBE, INSTRUMENT_PROBE
+    from course_lib.data.probes import train_event_classifier
+
+    out = []
+    for kind, train_fn, settings in (("event", train_event_classifier, EVENT_PROBE),
+                                     ("instrument", train_instrument_classifier, INSTRUMENT_PROBE)):
+        key = (kind, int(version), float(clip_seconds), int(sample_rate))
+        if key not in _VERSION_PROBES:
+            with torch.enable_grad():
+                _VERSION_PROBES[key] = train_fn(**settings, clip_seconds=clip_seconds, sample_rate=sample_rate,
+                                                version=version)
+        out.append(_VERSION_PROBES[key])
+    return out[0], out[1]
+
+
+@torch.no_grad()
+def measure_tokenizer_probes(paths: dict, n_clips: int = 48, clip_seconds: float = 4.0, versions: tuple[int, ...] = (2,),
+                             sample_rate: int = 16_000, batch_size: int = 8, start: int = 0) -> dict[str, float]:
+    """The course's probes on held-out test clips passed through each of ``paths`` (``{name: fn}``, ``fn`` maps
+    audio ``(N, 1, T)`` at ``sample_rate`` to audio of the same shape: a codec's round trip at some number of
+    codebooks, a mel VQ-VAE plus a vocoder, ...), and on the clips themselves (``real``).
+
+    For each data ``version`` (keys prefixed ``v{version}_{name}_``): ``n_clips`` sound-event clips (class,
+    count, pitch band: :func:`adherence_rates`, with the class probe of :func:`version_probes`) and ``n_clips``
+    music clips (instrument, tempo, mode: :func:`music_rates`), test indices ``start …``. A probe cannot be fooled
+    by the path: each is trained on real clips only."""
+    if isinstance(n_clips, bool) or not isinstance(n_clips, int) or n_clips < 2:
+        raise ValueError(f"n_clips must be an int >= 2, got {n_clips!r}")
+    paths = {"real": lambda audio: audio, **paths}
+    metrics: dict[str, float] = {}
+    for version in versions:
+        events_probe, instruments_probe = version_probes(version, clip_seconds, sample_rate)
+        events = heldout_clips("sound_events", n_clips, clip_seconds, sample_rate, version, start)
+        tunes = heldout_clips("music", n_clips, clip_seconds, sample_rate, version, start)
+        for name, fn in paths.items():
+            made = {}
+            for kind, clips in (("events", events), ("music", tunes)):
+                audio = _stack(clips)
+                made[kind] = torch.cat([fn(b)[..., : b.shape[-1]].float().clamp(-1.0, 1.0)
+                                        for b in audio.split(batch_size)])
+            tag = f"v{version}_{name}_"
+            metrics.update({tag + k: v for k, v in adherence_rates(made["events"], sample_rate, events,
+                                                                   events_probe).items()})
+            metrics.update(music_rates(made["music"], sample_rate, tunes, instruments_probe, prefix=tag))
+    return metrics
+
+
+def codec_paths(model, levels: tuple[int, ...] | None = None) -> dict:
+    """``{"q{n}": round trip through the first n codebooks}`` of a :class:`~course_lib.codecs.codec.Codec` for
+    each ``n`` in ``levels`` (default: 1, n_q / 2 and n_q), for :func:`measure_tokenizer_probes`."""
+    n_q = model.config.n_q
+    levels = levels or tuple(sorted({1, max(n_q // 2, 1), n_q}))
+
+    def through(n: int):
+        return lambda audio: model.decode(model.encode(audio)[:, :n])
+
+    return {f"q{n}": through(n) for n in levels}
