@@ -215,6 +215,10 @@ class Codec(nn.Module):
                                         config.decoder_n_fft or 4 * config.hop_length, config.decoder_dim,
                                         config.decoder_intermediate_dim, config.decoder_layers,
                                         phase_advance=config.decoder_phase_advance)
+            with torch.no_grad():  # the untrained latent follows the input, not the biases (istft_decoder)
+                for module in self.encoder.modules():
+                    if isinstance(module, nn.Conv1d) and module.bias is not None:
+                        module.bias.zero_()
         else:
             self.decoder = SEANetDecoder(**seanet, trim_right_ratio=config.trim_right_ratio)
 
