@@ -29,6 +29,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "mel_vqvae_course": ("course_lib.codecs.mel_vqvae:MelVQVAE", "course_lib.pretrained.measures:measure_mel_vqvae"),
     "codec_course": ("course_lib.codecs.codec:Codec", "course_lib.pretrained.measures:measure_codec"),
     "melgan_course": ("course_lib.vocoders.melgan:MelGAN", "course_lib.pretrained.measures:measure_melgan"),
+    "vocos_course": ("course_lib.vocoders.vocos:Vocos", "course_lib.pretrained.measures:measure_vocoder"),
     "text_encoder_course": ("course_lib.text.course_encoder:CourseTextEncoder",
                             "course_lib.text.captions:measure_text_encoder"),
     "text_encoder_v2": ("course_lib.text.course_encoder:CourseTextEncoder", "course_lib.text.captions:measure_text_encoder"),
