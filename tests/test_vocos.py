@@ -379,3 +379,20 @@ def test_diffsound_load_vocoder_tells_a_vocos_folder_from_a_melgan_one(tmp_path)
     assert isinstance(load_vocoder(str(tmp_path / "melgan")), MelGAN)
     with pytest.raises(FileNotFoundError, match="has no config.json"):
         load_vocoder(tmp_path)
+
+
+def test_tokenizer_probe_cards_count_events_and_music_per_version_and_codec_levels():
+    """``codec_v2`` / ``mel_vqvae_v2`` card rates (``v2_q4_instrument_accuracy``, ``v2_vocos_class_accuracy`` ...)
+    are shares of that version's event + music clips carrying the attribute; no probes setting: no rates."""
+    from course_lib.pretrained.measures import heldout_clips, prompt_clips, rate_counts
+
+    settings = {"probes": {"n_clips": 4, "clip_seconds": 1.0, "versions": [2]}}
+    pool = prompt_clips("codec_v2", settings)
+    events = heldout_clips("sound_events", 4, 1.0, 16_000, 2)
+    assert set(pool) == {2} and len(pool[2]) == 8
+    metrics = {"v2_q4_instrument_accuracy": 0.5, "v2_q1_class_accuracy": 1.0, "v2_vocos_count_accuracy": 1.0,
+               "v2_real_tempo_error_bpm": 0.3, "mel_db_q1": 3.0}
+    counts = rate_counts(metrics, pool)
+    assert counts == {"v2_q4_instrument_accuracy": 4, "v2_q1_class_accuracy": 4,
+                      "v2_vocos_count_accuracy": sum(c.attributes["count"] is not None for c in events)}
+    assert prompt_clips("mel_vqvae_v2", {}) == []

@@ -26,8 +26,14 @@ def heldout_audio(n_clips: int, clip_seconds: float, sample_rate: int, start: in
 
 
 @torch.no_grad()
-def measure_mel_vqvae(model, n_clips: int = 24, clip_seconds: float = 4.0, batch_size: int = 8) -> dict[str, float]:
-    """Mel VQ-VAE: held-out log-mel L1 (nats and dB), codebook usage and perplexity over all tokens."""
+def measure_mel_vqvae(model, n_clips: int = 24, clip_seconds: float = 4.0, batch_size: int = 8,
+                      probes: dict | None = None) -> dict[str, float]:
+    """Mel VQ-VAE: held-out log-mel L1 (nats and dB), codebook usage and perplexity over all tokens.
+
+    With ``probes`` (keyword arguments of :func:`measure_tokenizer_probes`, e.g. ``{"n_clips": 48, "versions":
+    [2]}``): the course's probes on real test clips turned into a log-mel, through the VQ-VAE, and back to audio by
+    the shipped ``vocos_course`` (``v2_vocos_…``) and by Griffin-Lim (``v2_griffin_lim_…``): what Diffsound's
+    tokens can carry at best."""
     from course_lib.quantize import perplexity
 
     cfg = model.config
@@ -40,20 +46,41 @@ def measure_mel_vqvae(model, n_clips: int = 24, clip_seconds: float = 4.0, batch
         codes.append(vq.codes.flatten())
     l1_nats = float(torch.cat(l1).mean())
     tokens = torch.cat(codes)
-    return {
+    metrics = {
         "mel_l1_nats": round(l1_nats, 4),
         "mel_l1_db": round(l1_nats * DB_PER_NAT, 3),
         "codebook_usage": round(tokens.unique().numel() / cfg.codebook_size, 4),
         "perplexity": round(float(perplexity(tokens, cfg.codebook_size)), 2),
     }
+    if probes is not None:
+        metrics.update(measure_tokenizer_probes(mel_vqvae_paths(model), **probes))
+    return metrics
+
+
+def mel_vqvae_paths(model, vocoder: str = "vocos_course", griffin_lim_iters: int = 32) -> dict:
+    """``{"vocos": audio → log-mel → VQ-VAE → shipped vocoder, "griffin_lim": … → Griffin-Lim}`` for
+    :func:`measure_tokenizer_probes` (the vocoder must read the VQ-VAE's mel front end)."""
+    from course_lib.audio import log_mel
+    from course_lib.pipelines.diffsound import load_vocoder
+    from course_lib.vocoders.griffin_lim import GriffinLimVocoder
+
+    mel_config = model.config.mel_config()
+    vocoders = {"vocos": load_vocoder(vocoder), "griffin_lim": GriffinLimVocoder(mel_config, n_iter=griffin_lim_iters)}
+
+    def through(vocoder):
+        return lambda audio: vocoder(model(log_mel(audio[:, 0], mel_config))[0])
+
+    return {name: through(v) for name, v in vocoders.items()}
 
 
 @torch.no_grad()
-def measure_codec(model, n_clips: int = 24, clip_seconds: float = 4.0, batch_size: int = 8) -> dict[str, float]:
+def measure_codec(model, n_clips: int = 24, clip_seconds: float = 4.0, batch_size: int = 8,
+                  probes: dict | None = None) -> dict[str, float]:
     """Waveform codec: held-out log-mel distance (dB, :func:`course_lib.metrics.log_mel_distance_db`) and
     EnCodec's multi-scale mel distance (:class:`~course_lib.codecs.losses.MultiScaleMelLoss`, what the codec is
     trained on) decoded from the first 1..n_q codebooks, SI-SDR with all codebooks, the bitrate, and the
-    perplexity of the first codebook."""
+    perplexity of the first codebook. With ``probes`` (keyword arguments of :func:`measure_tokenizer_probes`):
+    the course's probes through the codec at 1, n_q / 2 and n_q codebooks (``v2_q4_class_accuracy`` …)."""
     from course_lib.codecs.losses import MultiScaleMelLoss, si_sdr
     from course_lib.metrics import log_mel_distance_db
     from course_lib.quantize import perplexity
@@ -79,6 +106,8 @@ def measure_codec(model, n_clips: int = 24, clip_seconds: float = 4.0, batch_siz
         "kbps": round(model.bitrate() / 1000, 3),
         "perplexity_q1": round(float(perplexity(torch.cat(first_codes), cfg.codebook_size)), 2),
     })
+    if probes is not None:
+        metrics.update(measure_tokenizer_probes(codec_paths(model), **probes))
     return metrics
 
 
@@ -154,7 +183,8 @@ _RATE_PREFIXES = ("cascade_ceiling_", "ceiling_", "low_", "")
 
 _VERSION_TAG = re.compile(r"^v(\d+)_")
 # Paths a vocoder card's rates are measured on (measure_vocoder), stripped before the attribute is looked up.
-_PATH_PREFIXES = ("vqvae_griffin_lim_", "vqvae_", "griffin_lim_", "real_")
+_PATH_PREFIXES = ("vqvae_griffin_lim_", "vqvae_", "griffin_lim_", "real_", "vocos_")
+_CODEC_LEVEL = re.compile(r"^q\d+_")
 
 
 def rate_counts(metrics: dict[str, float], clips: list | dict[int, list]) -> dict[str, int]:
@@ -174,6 +204,8 @@ def rate_counts(metrics: dict[str, float], clips: list | dict[int, list]) -> dic
                 continue
             pool, rest = clips[int(tag.group(1))], key[tag.end():]
             rest = next((rest[len(p):] for p in _PATH_PREFIXES if rest.startswith(p)), rest)
+            level = _CODEC_LEVEL.match(rest)  # a codec's round trip at q codebooks (codec_paths)
+            rest = rest[level.end():] if level else rest
         for prefix in _RATE_PREFIXES:
             base = rest[len(prefix):] if rest.startswith(prefix) else None
             if base in RATE_ATTRIBUTES:
@@ -189,7 +221,10 @@ def rate_counts(metrics: dict[str, float], clips: list | dict[int, list]) -> dic
 # (AudioGen, Diffsound, its AR baseline) draw thousands of categorical tokens per clip: one draw that rounds the
 # other way changes the rest of the clip (seen: 1 prompt of 24 between two CPUs), so 2. Noise2Music's DDIM
 # sampler is continuous in its inputs: only a probe's decision right at its boundary can flip, so 1.
-RATE_FLIPS = {"audiogen_course": 2, "diffsound_course": 2, "diffsound_ar_course": 2,
+# Tokenizer cards whose measure runs the probes (settings["probes"]); their encoding is deterministic, but a code
+# at a near-tie of two codebook entries may round the other way on another CPU, and a probe decide at its edge.
+TOKENIZER_PROBE_CARDS = ("codec_v2", "mel_vqvae_v2")
+RATE_FLIPS = {"codec_v2": 1, "mel_vqvae_v2": 1, "audiogen_course": 2, "diffsound_course": 2, "diffsound_ar_course": 2,
               "n2m_generator_course": 1, "n2m_cascader_course": 1, "vocos_course": 1}
 
 
@@ -209,6 +244,14 @@ def tolerance_text(relative: float, rate_flips: int) -> str:
 def prompt_clips(name: str, settings: dict) -> list | dict[int, list]:
     """The test-split clips whose captions a generative card's measure prompts with (``[]`` for other models);
     for a vocoder card, ``{version: the sound-event clips its probes read}`` (:func:`measure_vocoder`)."""
+    if name in TOKENIZER_PROBE_CARDS:
+        settings = settings.get("probes")
+        if settings is None:
+            return []
+        n, seconds = settings.get("n_clips", 48), float(settings.get("clip_seconds", 4.0))
+        start = settings.get("start", 0)
+        return {v: heldout_clips("sound_events", n, seconds, 16_000, v, start)
+                + heldout_clips("music", n, seconds, 16_000, v, start) for v in settings.get("versions", (2,))}
     if name == "vocos_course":
         if not settings.get("probes", True):
             return []
@@ -648,21 +691,24 @@ def measure_vocoder(model, n_clips: int = 24, clip_seconds: float = 2.0, batch_s
 _VERSION_PROBES: dict[tuple[str, int, float, int], torch.nn.Module] = {}  # (kind, version, seconds, rate) -> probe
 
 
+#: Probe settings of the tokenizer cards, fixed before any v2 tokenizer was trained: both probes on 40 train-split
+#: clips per class, 300 epochs (the event probe of :mod:`course_lib.data.probe_check`, and the instrument probe
+#: the Noise2Music cards use; probe_check's full-size instrument probe takes 200 per class, five times longer).
+TOKENIZER_PROBES = {"n_per_class": 40, "epochs": 300}
+
+
 def version_probes(version: int, clip_seconds: float, sample_rate: int) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The event-class and instrument probes for data ``version``, trained on that version's train-split clips
-    with :mod:`course_lib.data.probe_check`'s full-size settings (the ones its accuracies on real clips were
-    measured with), once per process (about a minute on one thread)."""
+    with :data:`TOKENIZER_PROBES`, once per process (about 20 s on one idle thread)."""
     from course_lib.data.music_probes import train_instrument_classifier
-    from course_lib.data.probe_check import EVENT_PROBE, INSTRUMENT_PROBE
     from course_lib.data.probes import train_event_classifier
 
     out = []
-    for kind, train_fn, settings in (("event", train_event_classifier, EVENT_PROBE),
-                                     ("instrument", train_instrument_classifier, INSTRUMENT_PROBE)):
+    for kind, train_fn in (("event", train_event_classifier), ("instrument", train_instrument_classifier)):
         key = (kind, int(version), float(clip_seconds), int(sample_rate))
         if key not in _VERSION_PROBES:
             with torch.enable_grad():
-                _VERSION_PROBES[key] = train_fn(**settings, clip_seconds=clip_seconds, sample_rate=sample_rate,
+                _VERSION_PROBES[key] = train_fn(**TOKENIZER_PROBES, clip_seconds=clip_seconds, sample_rate=sample_rate,
                                                 version=version)
         out.append(_VERSION_PROBES[key])
     return out[0], out[1]
