@@ -429,20 +429,36 @@ def play(wav: torch.Tensor, sample_rate: int = SAMPLE_RATE, normalize: bool = Fa
     return Audio(data=wav_bytes(wav, sample_rate, normalize), rate=sample_rate)
 
 
-def _player_html(label: str, data: bytes, seconds: float) -> str:
-    """One labelled player; the label states the clip's length, so it shows before the player is clicked
-    (``preload="metadata"`` also lets the browser show it in the player)."""
+#: A clip whose peak stays under this level (dBFS) is near-silent: a player at a matched level would only raise its
+#: noise floor, so :func:`listen_panel` leaves it at its own level and says so.
+NEAR_SILENT_PEAK_DB = -40.0
+LEVELS = ("matched", "true")
+
+
+def _player_html(label: str, data: bytes, note: str) -> str:
+    """One labelled player; the label states the clip's length and level, so they show before the player is
+    clicked (``preload="metadata"`` also lets the browser show the length in the player)."""
     src = "data:audio/wav;base64," + base64.b64encode(data).decode("ascii")
     return (f'<div style="display:inline-block;margin:4px 10px 4px 0;vertical-align:top">'
             f'<div style="font:13px sans-serif;margin-bottom:2px">{html.escape(label)} '
-            f'<span style="color:#777">({seconds:.1f} s)</span></div>'
+            f'<span style="color:#777">({html.escape(note)})</span></div>'
             f'<audio controls preload="metadata" src="{src}" style="width:220px"></audio></div>')
 
 
-def listen_panel(clips: Mapping[str, torch.Tensor], sample_rate: int = SAMPLE_RATE, normalize: bool = False):
+def peak_db(wav: torch.Tensor, amin: float = 1e-5) -> float:
+    """Peak level of a clip in dBFS (0 dB = full scale)."""
+    return 20.0 * math.log10(max(float(as_tensor(wav).abs().max()), amin))
+
+
+def listen_panel(clips: Mapping[str, torch.Tensor], sample_rate: int = SAMPLE_RATE, level: str = "matched"):
     """A row of labelled audio players, to compare clips side by side (every lesson uses it).
 
     ``clips`` maps a label ("original", "reconstruction", ...) to a clip ``(time,)`` or ``(1, time)``.
+    ``level="matched"`` (the default): the clips are played equally loud (:func:`loudness_matched`: one RMS
+    level, all lowered together so that none clips), each label showing the gain it got, because a louder
+    clip sounds better and a comparison by ear must not reward loudness; a near-silent clip (peak under
+    :data:`NEAR_SILENT_PEAK_DB`) is left at its own level, labelled so, and named in a printed warning.
+    ``level="true"``: the clips as they are (limited to ±1, the label says where that clipped them).
     In JupyterLab this is an ipywidgets panel; in a rendered HTML page (``make course``) the same output
     falls back to plain ``<audio>`` players, so the page plays offline.
     """
@@ -450,8 +466,27 @@ def listen_panel(clips: Mapping[str, torch.Tensor], sample_rate: int = SAMPLE_RA
 
     if not clips:
         raise ValueError("listen_panel needs at least one clip")
-    players = [_player_html(label, wav_bytes(w, sample_rate, normalize), as_tensor(w).shape[-1] / sample_rate)
-               for label, w in clips.items()]
+    if level not in LEVELS:
+        raise ValueError(f"listen_panel: level must be one of {LEVELS}, got {level!r}")
+    tensors = {label: as_tensor(w, label) for label, w in clips.items()}
+    peaks = {label: peak_db(w) for label, w in tensors.items()}
+    quiet = {label for label, p in peaks.items() if p < NEAR_SILENT_PEAK_DB}
+    played = dict(tensors)
+    if level == "matched":
+        played.update(loudness_matched({k: v for k, v in tensors.items() if k not in quiet}))
+    players = []
+    for label, w in tensors.items():
+        note = f"{w.shape[-1] / sample_rate:.1f} s"
+        if label in quiet:
+            note += f", near-silent: peak {peaks[label]:.0f} dBFS, at its own level"
+            print(f"⚠ listen_panel: {label!r} is near-silent (peak {peaks[label]:.0f} dBFS); it plays at its own "
+                  "level, not raised to the others'")
+        elif level == "matched":
+            gain = float(played[label].abs().max()) / max(float(w.abs().max()), 1e-12)
+            note += f", {20 * math.log10(max(gain, 1e-12)):+.0f} dB to match"
+        elif float(w.abs().max()) > 1.0:
+            note += ", clipped at ±1"
+        players.append(_player_html(label, wav_bytes(played[label], sample_rate), note))
     return _ListeningPanel([widgets.HTML(value=p) for p in players], fallback_html="".join(players))
 
 

@@ -994,14 +994,16 @@ class Playground:
             self.generate_button.disabled = False
 
     def _players(self) -> list[Any]:
-        from course_lib.audio import listen_panel, loudness_matched
+        from course_lib.audio import NEAR_SILENT_PEAK_DB, listen_panel, loudness_matched, peak_db
 
         clips = {f"{i}": torch.from_numpy(r.audio) for i, r in enumerate(self.history)}
-        matched = loudness_matched(clips)  # one level for all, lowered together so none clips
+        # one level for all, lowered together so none clips; a near-silent clip keeps its level (and its label
+        # says so: listen_panel flags it)
+        matched = {**clips, **loudness_matched({k: v for k, v in clips.items() if peak_db(v) >= NEAR_SILENT_PEAK_DB})}
         panels = []
         for i, r in enumerate(self.history):
             label = f"{r.label.split(':')[0]} · {r.seconds:g} s · seed {r.seed} · {r.prompt or '(empty prompt)'}"
-            panels.append(listen_panel({label[:90]: matched[str(i)]}, r.sample_rate))
+            panels.append(listen_panel({label[:90]: matched[str(i)]}, r.sample_rate, level="true"))
         return panels
 
     def _show(self, result: GenerationResult) -> None:

@@ -138,11 +138,46 @@ def test_listen_panel_plays_in_lab_and_in_html():
     assert html.count("<audio") == 2 and "data:audio/wav;base64," in html
     assert "two &lt;b&gt;" in html  # labels are escaped
     n = sine().shape[-1]
-    assert html.count(f"({n / A.SAMPLE_RATE:.1f} s)") == 2 and 'preload="metadata"' in html  # length shown unclicked
+    assert html.count(f"({n / A.SAMPLE_RATE:.1f} s, ") == 2 and 'preload="metadata"' in html  # length shown unclicked
     player = A.play(sine())
     assert player.data[:4] == b"RIFF"
     with pytest.raises(ValueError, match="at least one"):
         A.listen_panel({})
+
+
+def _played(panel) -> list[torch.Tensor]:
+    """The audio inside each player of a listen_panel (decoded from its data URL)."""
+    import base64
+    import io
+    import re
+
+    import soundfile as sf
+
+    html = panel._repr_mimebundle_()["text/html"]
+    return [torch.from_numpy(sf.read(io.BytesIO(base64.b64decode(b)), dtype="float32")[0])
+            for b in re.findall(r'src="data:audio/wav;base64,([^"]+)"', html)]
+
+
+def test_listen_panel_matches_loudness_flags_near_silent_clips_and_never_clips(capsys):
+    """Default ``level="matched"``: a quiet and a loud clip play at one RMS, none above full scale, each label
+    giving its gain; a near-silent clip stays at its level, is labelled and named in print; ``level="true"``
+    plays the clips as they are and says where ±1 clipped them."""
+    loud, quiet, whisper = sine(amp=1.5), sine(880, amp=0.05), sine(300, amp=0.004)
+    panel = A.listen_panel({"loud": loud, "quiet": quiet, "whisper": whisper})
+    html = panel._repr_mimebundle_()["text/html"]
+    a, b, c = _played(panel)
+    assert float(a.abs().max()) <= 1.0 and float(b.abs().max()) <= 1.0
+    assert abs(A.rms_db(a) - A.rms_db(b)) < 0.2  # equally loud (16-bit rounding aside)
+    assert abs(A.peak_db(c) - A.peak_db(whisper)) < 0.2  # the near-silent clip is not raised
+    assert "dB to match" in html and "near-silent: peak -48 dBFS" in html
+    out = capsys.readouterr().out
+    assert "'whisper' is near-silent" in out and "'loud'" not in out
+    true = A.listen_panel({"loud": loud, "quiet": quiet}, level="true")
+    x, y = _played(true)
+    assert float(x.abs().max()) == pytest.approx(1.0, abs=1e-3) and abs(A.peak_db(y) - A.peak_db(quiet)) < 0.2
+    assert "clipped at ±1" in true._repr_mimebundle_()["text/html"]
+    with pytest.raises(ValueError, match="level must be one of"):
+        A.listen_panel({"a": quiet}, level="loud")
 
 
 def test_loudness_matched_gives_one_rms_and_never_clips():
