@@ -65,7 +65,7 @@ from torch import Tensor
 from course_lib.runtime import RUN_SIZES, configure_threads, run_size
 
 __all__ = ["SYSTEMS", "RELEASED_SYSTEMS", "DOMAINS", "COLUMNS", "CLAP_COLUMN", "SIZES", "MEASURE_RATE",
-           "ComparisonResult", "compare_models", "reference_start", "main"]
+           "INTERVAL_COLUMNS", "ComparisonResult", "compare_models", "reference_start", "disjoint_prompt_start", "main"]
 
 MEASURE_RATE = 16_000  # every metric reads 16 kHz audio
 DOMAINS = ("events", "music")
@@ -99,6 +99,13 @@ TIMING_COLUMNS = ("seconds_per_audio_second",)
 CLAP_COLUMN = "clap"  # the real CLAP score, a column only when clap=True and its weights are found
 _EVENT_RATES = ("class_accuracy", "count_accuracy", "pitch_band_accuracy")
 _MUSIC_RATES = ("tempo_accuracy", "mode_accuracy", "instrument_accuracy")
+# Columns with a 95% interval (percentile bootstrap over the prompts: each is a mean of per-prompt values) and
+# which way is better. FAD has none: it is a statistic of the whole set, and a resampled set holds repeated
+# clips, which FAD reads as a narrower distribution (at 8 prompts the real row's FAD of 87 gave a "95%
+# interval" of 96-400, excluding itself); lesson 08's FAD-infinity is the way to compare FADs across sizes.
+INTERVAL_COLUMNS = ("kl", "agreement", *_EVENT_RATES, *_MUSIC_RATES)
+LOWER_IS_BETTER = ("fad", "kl")
+BOOTSTRAP_RESAMPLES = 500
 
 # run size -> prompts per domain and clip lengths in seconds
 SIZES: dict[str, dict[str, Any]] = {
@@ -152,6 +159,58 @@ class ComparisonResult:
     run_seconds: float = 0.0
     columns: tuple[str, ...] = COLUMNS
     skipped: dict[str, str] = field(default_factory=dict)
+    intervals: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+
+    def separated(self, a: str, b: str, column: str) -> bool:
+        """Whether rows ``a`` and ``b`` differ in ``column`` by more than chance: their 95% intervals do not
+        overlap (a conservative test: overlapping intervals may still differ, but then this table cannot say)."""
+        ia, ib = self.intervals.get(a, {}).get(column), self.intervals.get(b, {}).get(column)
+        if ia is None or ib is None:
+            return False
+        return ia[1] < ib[0] or ib[1] < ia[0]
+
+    def better(self, a: str, b: str, column: str) -> bool:
+        """Whether row ``a`` is better than row ``b`` in ``column`` beyond chance (separated, and on the better
+        side: lower for :data:`LOWER_IS_BETTER`, higher for the rest)."""
+        if not self.separated(a, b, column):
+            return False
+        va, vb = self.row(a)[column], self.row(b)[column]
+        return va < vb if column in LOWER_IS_BETTER else va > vb
+
+    def ranking(self, column: str, domain: str) -> list[str]:
+        """The generated systems of ``domain`` from best to worst in ``column`` by value (real rows left out)."""
+        rows = [r for r in self.rows if r["domain"] == domain and r["system"] not in REAL_ROWS.values()
+                and r.get(column) is not None]
+        return [r["system"] for r in sorted(rows, key=lambda r: r[column], reverse=column not in LOWER_IS_BETTER)]
+
+    def claims(self, columns: Sequence[str] = INTERVAL_COLUMNS) -> list[tuple[str, str, str]]:
+        """Every ``(better, worse, column)`` this table supports: pairs of generated systems of one domain whose
+        intervals separate. The only strengths and weaknesses a write-up of this table should state."""
+        out = []
+        for column in columns:
+            for domain in DOMAINS:
+                ranked = self.ranking(column, domain)
+                out += [(a, b, column) for i, a in enumerate(ranked) for b in ranked[i + 1:]
+                        if self.better(a, b, column)]
+        return out
+
+    def contradictions(self, other: ComparisonResult, columns: Sequence[str] = INTERVAL_COLUMNS) -> list[str]:
+        """Claims of this table that ``other`` (e.g. the same systems on a disjoint prompt set) reverses: ``a``
+        better than ``b`` here beyond chance, but ``b`` ahead of ``a`` by value there. Empty: the comparison
+        stands on both prompt sets."""
+        problems = []
+        for a, b, column in self.claims(columns):
+            try:
+                va, vb = other.row(a)[column], other.row(b)[column]
+            except KeyError:
+                continue
+            if va is None or vb is None:
+                continue
+            reversed_there = va > vb if column in LOWER_IS_BETTER else va < vb
+            if reversed_there:
+                problems.append(f"{column}: {a} beats {b} here ({self.row(a)[column]} vs {self.row(b)[column]}), "
+                                f"but not on the other prompt set ({va} vs {vb})")
+        return problems
 
     def row(self, system: str) -> dict[str, Any]:
         """The row of ``system`` (a name of :attr:`rows`); ``KeyError`` lists the names there are."""
@@ -172,13 +231,16 @@ class ComparisonResult:
             problem = f"unknown columns {unknown}" if unknown else "name at least one column"
             raise ValueError(f"markdown(columns=...): {problem}; the columns are {self.columns}")
         lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        lines += ["| " + " | ".join(_fmt(r[c]) for c in columns) + " |" for r in self.rows]
+        lines += ["| " + " | ".join(self._cell(r, c) for c in columns) + " |" for r in self.rows]
         s = self.settings
         n, ev, mu = s.get("n_prompts"), s.get("event_seconds"), s.get("music_seconds")
         notes = [
             "",
             f"{n} prompts per domain (sound events {ev} s, music {mu} s), seed {s.get('seed')}. "
-            "fad ↓, kl ↓ (nats), agreement ↑ (cosine), *_accuracy ↑ (probe adherence), "
+            "fad ↓, kl ↓ (nats), agreement ↑ (cosine), *_accuracy ↑ (probe adherence); kl, agreement and the "
+            f"accuracies with their 95% interval [low, high] (percentile bootstrap over the prompts, "
+            f"{s.get('bootstrap_resamples')} resamples): a row beats another only where the intervals do not overlap "
+            "(`claims()`); FAD gets no interval (a resampled set repeats clips, which biases FAD) and no claim; "
             f"seconds_per_audio_second ↓ (generation only, {s.get('num_threads')} thread(s), this machine).",
             "FAD, KL and agreement are measured with the course's own models (`audio_classifier_course`, "
             "`agreement_course`): comparable between the rows of this table, **not** with the papers' "
@@ -196,6 +258,12 @@ class ComparisonResult:
                          "(a real CLAP, but on synthetic course audio and captions: not the papers' setting).")
         notes += [f"Skipped `{name}`: {why}" for name, why in self.skipped.items()]
         return "\n".join(lines + notes) + "\n"
+
+    def _cell(self, row: dict[str, Any], column: str) -> str:
+        interval = self.intervals.get(row["system"], {}).get(column)
+        if interval is None or row[column] is None:
+            return _fmt(row[column])
+        return f"{_fmt(row[column])} [{_fmt(_clean(interval[0], 3))}, {_fmt(_clean(interval[1], 3))}]"
 
     def to_csv(self, path: str | os.PathLike) -> Path:
         """Write :attr:`rows` as CSV (header :attr:`columns`; empty cells where a column does not apply)."""
@@ -259,7 +327,8 @@ class ComparisonResult:
         self.to_csv(out / "comparison.csv")
         self.plot().savefig(out / "comparison.png", dpi=120)
         settings = {**self.settings, "run_seconds": round(self.run_seconds, 2), "prompts": self.prompts,
-                    "sample_rates": self.sample_rates, "skipped": self.skipped}
+                    "sample_rates": self.sample_rates, "skipped": self.skipped,
+                    "intervals": {k: {c: list(v) for c, v in cols.items()} for k, cols in self.intervals.items()}}
         (out / "settings.json").write_text(json.dumps(settings, indent=2))
         return out
 
@@ -384,47 +453,90 @@ def _clean(value: float, digits: int) -> float:
     return round(float(value), digits) + 0.0  # + 0.0 turns -0.0 into 0.0
 
 
-def _measure(audio: Tensor, domain: str, ctx: dict[str, Any]) -> dict[str, Any]:
-    """FAD / KL / agreement / probe adherence of 16 kHz clips ``(N, T)`` against domain ``domain``'s prompts."""
+def _per_prompt(audio: Tensor, domain: str, ctx: dict[str, Any]) -> dict[str, np.ndarray]:
+    """What each prompt's clip scores, ``(N,)`` arrays: ``kl``, ``agreement`` (and ``clap``), each probe's
+    hit as 1.0 / 0.0 (NaN where the prompt does not state that attribute), and the clips' ``embeddings``
+    ``(N, D)`` for FAD."""
+    from course_lib.data.music_probes import music_adherence
+    from course_lib.data.probes import adherence
     from course_lib.metrics.agreement import agreement_score
-    from course_lib.metrics.fad import fad
     from course_lib.metrics.kl import paired_kl
-    from course_lib.pretrained.measures import adherence_rates, music_rates
 
     d = ctx[domain]
-    embedder, agreement = ctx["embedder"], ctx["agreement"]
-    out: dict[str, Any] = {
-        "fad": _clean(fad(embedder.embed(audio, MEASURE_RATE), d["reference_embeddings"]), 4),
-        "kl": _clean(paired_kl(d["real_proba"], embedder.predict_proba(audio, MEASURE_RATE)), 4),
-        "agreement": _clean(agreement_score(agreement, audio, d["captions"], MEASURE_RATE).mean(), 4),
-    }
+    embedder = ctx["embedder"]
+    out = {"embeddings": np.asarray(embedder.embed(audio, MEASURE_RATE), dtype=np.float64),
+           "kl": paired_kl(d["real_proba"], embedder.predict_proba(audio, MEASURE_RATE), reduction="none").numpy(),
+           "agreement": agreement_score(ctx["agreement"], audio, d["captions"], MEASURE_RATE).double().numpy()}
     if ctx.get("clap") is not None:
-        out[CLAP_COLUMN] = _clean(agreement_score(ctx["clap"], audio, d["captions"], MEASURE_RATE).mean(), 4)
-    if domain == "events":
-        rates = adherence_rates(audio[:, None], MEASURE_RATE, d["clips"], d["probe"])
-    else:
-        rates = music_rates(audio[:, None], MEASURE_RATE, d["clips"], d["probe"])
-    out.update({k: rates.get(k) for k in (_EVENT_RATES if domain == "events" else _MUSIC_RATES)})
+        out[CLAP_COLUMN] = agreement_score(ctx["clap"], audio, d["captions"], MEASURE_RATE).double().numpy()
+    check = adherence if domain == "events" else music_adherence
+    checks = [check(a.cpu().numpy(), MEASURE_RATE, c.attributes, d["probe"]) for a, c in zip(audio, d["clips"])]
+    for column in (_EVENT_RATES if domain == "events" else _MUSIC_RATES):
+        key = column.removesuffix("_accuracy")
+        out[column] = np.array([float(r[key]) if key in r else np.nan for r in checks])
     return out
 
 
-def reference_start(n_prompts: int) -> int:
-    """First test-split index of the FAD reference draw: the first multiple of 12 at or after ``n_prompts``, so
-    the draw is disjoint from the prompts' clips ``0 … n − 1`` and holds the same mix of sound-event classes
-    (12, cycling with the index) and instruments (6, cycling with the index)."""
-    return 12 * math.ceil(n_prompts / 12)
+def _statistics(items: dict[str, np.ndarray], reference: Any, index: np.ndarray | None = None) -> dict[str, Any]:
+    """The table's columns from per-prompt values; with ``index`` (a resample of the prompts, with repeats) all but
+    FAD, which has no interval (see :data:`INTERVAL_COLUMNS`)."""
+    from course_lib.metrics.fad import fad
+
+    pick = (lambda v: v) if index is None else (lambda v: v[index])
+    out: dict[str, Any] = {} if index is not None else {"fad": fad(items["embeddings"], reference)}
+    for key, values in items.items():
+        if key == "embeddings":
+            continue
+        chosen = pick(values)
+        out[key] = float(np.nanmean(chosen)) if np.isfinite(chosen).any() else None
+    return out
 
 
-def _domain_context(domain: str, n: int, seconds: float, embedder: Any) -> dict[str, Any]:
-    """Prompts (test clips ``0 … n−1``), the reference draw (``n`` clips from :func:`reference_start`) embedded,
+def _measure(audio: Tensor, domain: str, ctx: dict[str, Any],
+             resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[dict[str, Any], dict[str, tuple[float, float]]]:
+    """The table's columns for 16 kHz clips ``(N, T)`` against domain ``domain``'s prompts, and their 95%
+    intervals (:data:`INTERVAL_COLUMNS`): the percentile bootstrap over the prompts, ``resamples`` draws seeded
+    by the domain, so reruns agree."""
+    items = _per_prompt(audio, domain, ctx)
+    reference = ctx[domain]["reference_embeddings"]
+    point = _statistics(items, reference)
+    rng = np.random.default_rng(0 if domain == "events" else 1)
+    n = audio.shape[0]
+    draws: dict[str, list[float]] = {}
+    for _ in range(resamples):
+        for key, value in _statistics(items, reference, rng.integers(0, n, n)).items():
+            if value is not None:
+                draws.setdefault(key, []).append(value)
+    # rounded like the values (4 decimals), so a column and its interval read alike
+    intervals = {key: (_clean(np.percentile(v, 2.5), 4), _clean(np.percentile(v, 97.5), 4))
+                 for key, v in draws.items() if key in INTERVAL_COLUMNS or key == CLAP_COLUMN}
+    row = {key: None if value is None else _clean(value, 4) for key, value in point.items()}
+    return row, intervals
+
+
+def reference_start(n_prompts: int, prompt_start: int = 0) -> int:
+    """First test-split index of the FAD reference draw: the first multiple of 12 at or after the prompts' last
+    clip ``prompt_start + n_prompts − 1``, so the draw is disjoint from the prompts' clips and holds the same mix
+    of sound-event classes (12, cycling with the index) and instruments (6, cycling with the index)."""
+    return 12 * math.ceil((prompt_start + n_prompts) / 12)
+
+
+def disjoint_prompt_start(n_prompts: int) -> int:
+    """Where a second prompt set of ``n_prompts`` starts so that it, its FAD reference draw, and the first set
+    (from 0) with its reference draw share no clip: just after the first set's reference draw."""
+    return reference_start(n_prompts) + 12 * math.ceil(n_prompts / 12)
+
+
+def _domain_context(domain: str, n: int, seconds: float, embedder: Any, start: int = 0) -> dict[str, Any]:
+    """Prompts (test clips ``start … start+n−1``), the reference draw (``n`` clips from :func:`reference_start`) embedded,
     the prompts' real clips'
     label distributions, and the domain's adherence probe."""
     from course_lib.data import music, sound_events
     from course_lib.pretrained.measures import event_probe, instrument_probe
 
     source = sound_events if domain == "events" else music
-    clips = list(source.generate_clips("test", n, seconds, MEASURE_RATE))
-    reference = list(source.generate_clips("test", n, seconds, MEASURE_RATE, start=reference_start(n)))
+    clips = list(source.generate_clips("test", n, seconds, MEASURE_RATE, start=start))
+    reference = list(source.generate_clips("test", n, seconds, MEASURE_RATE, start=reference_start(n, start)))
     real = torch.from_numpy(np.stack([c.audio for c in clips])).float()
     ref = torch.from_numpy(np.stack([c.audio for c in reference])).float()
     probe = (event_probe if domain == "events" else instrument_probe)(float(seconds), MEASURE_RATE)
@@ -491,7 +603,8 @@ def compare_models(systems: Sequence[str] = ("audiogen", "diffsound", "diffsound
                    music_seconds: float | None = None, settings: Mapping[str, Mapping[str, Any]] | None = None,
                    batch_size: int = BATCH_SIZE, num_threads: int | None = 1, embedder: Any = "course",
                    agreement_model: Any = "course", clap: bool = False,
-                   released: Mapping[str, str | os.PathLike | None] | None = None) -> ComparisonResult:
+                   released: Mapping[str, str | os.PathLike | None] | None = None, prompt_start: int = 0,
+                   bootstrap_resamples: int = BOOTSTRAP_RESAMPLES) -> ComparisonResult:
     """Generate one held-out prompt set per domain with each system and measure every result the same way.
 
     ``systems``: names from :data:`SYSTEMS` (sound events: ``audiogen``, ``diffsound``, ``diffsound_ar``;
@@ -505,7 +618,11 @@ def compare_models(systems: Sequence[str] = ("audiogen", "diffsound", "diffsound
     seeded ``seed + b``; ``num_threads`` torch threads while it runs (restored after; None = unchanged).
     ``embedder`` / ``agreement_model``: specs for :func:`~course_lib.metrics.embeddings.load_audio_embedder`
     (needs ``predict_proba`` for KL) and :func:`~course_lib.metrics.agreement.load_agreement_model`.
-    ``progress``: a tqdm bar over (system, batch).
+    ``progress``: a tqdm bar over (system, batch). ``prompt_start``: the prompts are test clips ``prompt_start …
+    prompt_start + n − 1`` (:func:`disjoint_prompt_start` gives a second set that shares no clip with the first:
+    the same comparison must rank the systems the same way on both, :meth:`ComparisonResult.contradictions`).
+    ``bootstrap_resamples``: draws of the percentile bootstrap behind each 95% interval
+    (:attr:`ComparisonResult.intervals`).
 
     Released models (:mod:`course_lib.released`; nothing is downloaded): ``"musicgen"`` in ``systems`` adds the
     row of MusicGen-small converted into the course and sampled by the course's sampler (music prompts);
@@ -535,6 +652,8 @@ def compare_models(systems: Sequence[str] = ("audiogen", "diffsound", "diffsound
                "music": _seconds(SIZES[size]["music_seconds"] if music_seconds is None else music_seconds,
                                  "music_seconds")}
     _positive_int(seed, "seed", 0)
+    prompt_start = _positive_int(prompt_start, "prompt_start", 0)
+    bootstrap_resamples = _positive_int(bootstrap_resamples, "bootstrap_resamples", 20)
     batch_size = _positive_int(batch_size, "batch_size")
     pipelines = dict(pipelines or {})
     bad = [k for k in pipelines if k not in _ALL_SYSTEMS]
@@ -568,10 +687,10 @@ def compare_models(systems: Sequence[str] = ("audiogen", "diffsound", "diffsound
 
                 ctx["clap"] = load_clap(weights["clap"])
             for domain in domains:
-                ctx[domain] = _domain_context(domain, n, seconds[domain], emb)
+                ctx[domain] = _domain_context(domain, n, seconds[domain], emb, prompt_start)
             n_batches = math.ceil(n / batch_size)
             bar = tqdm(total=n_batches * len(names), disable=not progress, desc="compare", leave=False)
-            rows, audio, rates = {}, {}, {}
+            rows, audio, rates, intervals = {}, {}, {}, {}
             for name in names:
                 domain = _ALL_SYSTEMS[name]["domain"]
                 d, secs, kwargs = ctx[domain], seconds[domain], gen_settings[name]
@@ -589,8 +708,9 @@ def compare_models(systems: Sequence[str] = ("audiogen", "diffsound", "diffsound
                 generated = torch.cat(clips)
                 audio[name], rates[name] = generated, rate
                 model_params, total_params = _params(name, pipe)
-                rows[name] = {"system": name, "domain": domain, "n_prompts": n, "audio_seconds": secs,
-                              **_measure(_fixed_length(generated, rate, secs), domain, ctx),
+                measured, intervals[name] = _measure(_fixed_length(generated, rate, secs), domain, ctx,
+                                                     bootstrap_resamples)
+                rows[name] = {"system": name, "domain": domain, "n_prompts": n, "audio_seconds": secs, **measured,
                               "seconds_per_audio_second": _clean(elapsed / (n * secs), 4),
                               "params_model": model_params, "params_total": total_params,
                               "steps": _steps(name, pipe, secs, kwargs)}
@@ -598,8 +718,9 @@ def compare_models(systems: Sequence[str] = ("audiogen", "diffsound", "diffsound
             for domain in domains:
                 real = REAL_ROWS[domain]
                 audio[real], rates[real] = ctx[domain]["real"], MEASURE_RATE
+                measured, intervals[real] = _measure(ctx[domain]["real"], domain, ctx, bootstrap_resamples)
                 rows[real] = {"system": real, "domain": domain, "n_prompts": n, "audio_seconds": seconds[domain],
-                              **_measure(ctx[domain]["real"], domain, ctx), "seconds_per_audio_second": None,
+                              **measured, "seconds_per_audio_second": None,
                               "params_model": None, "params_total": None, "steps": None}
     finally:
         torch.set_num_threads(threads_before)
@@ -614,8 +735,9 @@ def compare_models(systems: Sequence[str] = ("audiogen", "diffsound", "diffsound
         "music_seconds": seconds["music"], "seed": seed, "batch_size": batch_size,
         "num_threads": num_threads if num_threads is not None else threads_before,
         "generation": gen_settings, "injected_pipelines": sorted(k for k in pipelines if k in names),
-        "prompts_from": f"test split, clips 0…{n - 1}",
-        "fad_reference": f"{reference_start(n)}…{reference_start(n) + n - 1}",
+        "prompts_from": f"test split, clips {prompt_start}…{prompt_start + n - 1}", "prompt_start": prompt_start,
+        "fad_reference": f"{reference_start(n, prompt_start)}…{reference_start(n, prompt_start) + n - 1}",
+        "bootstrap_resamples": bootstrap_resamples,
         "embedder": str(embedder), "agreement_model": str(agreement_model), "measure_rate": MEASURE_RATE,
         "released": provenance,
         "machine": f"{platform.machine()} {platform.system()}, torch {torch.__version__}",
@@ -623,7 +745,8 @@ def compare_models(systems: Sequence[str] = ("audiogen", "diffsound", "diffsound
     return ComparisonResult(rows=table, audio={k: audio[k] for k in ordered},
                             sample_rates={k: rates[k] for k in ordered},
                             prompts={d: list(ctx[d]["captions"]) for d in domains}, settings=run_settings,
-                            run_seconds=time.perf_counter() - t_start, columns=columns, skipped=skipped)
+                            run_seconds=time.perf_counter() - t_start, columns=columns, skipped=skipped,
+                            intervals={k: {c: v for c, v in intervals[k].items() if c in columns} for k in ordered})
 
 
 # ---- command line ------------------------------------------------------------------------------------------------

@@ -163,6 +163,9 @@ def test_files_markdown_and_plot(result, tmp_path):
     assert "test clips 12…13" in md  # the FAD reference draw: disjoint, same class mix
     narrow = result.markdown(columns=["system", "fad"]).splitlines()
     assert narrow[0] == "| system | fad |" and narrow[2] == f"| {result.rows[0]['system']} | {result.rows[0]['fad']:.4g} |"
+    low, high = result.intervals["audiogen"]["kl"]
+    kl_cell = result.markdown(columns=["system", "kl"]).splitlines()[2]
+    assert kl_cell == f"| audiogen | {result.rows[0]['kl']:.4g} [{round(low, 3):.4g}, {round(high, 3):.4g}] |"
     for bad in (["system", "loudness"], []):
         with pytest.raises(ValueError, match="the columns are"):
             result.markdown(columns=bad)
@@ -170,6 +173,7 @@ def test_files_markdown_and_plot(result, tmp_path):
     settings = json.loads((out / "settings.json").read_text())
     assert settings["seed"] == 0 and settings["n_prompts"] == N and settings["injected_pipelines"] == ["noise2music", "noise2music_low"]
     assert settings["generation"]["audiogen"] == {"cfg_scale": 3.0, "top_k": 250, "temperature": 1.0}
+    assert settings["intervals"]["audiogen"]["kl"] == list(result.intervals["audiogen"]["kl"])
     assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     fig = result.plot()
     assert len(fig.axes) == 2 and fig.axes[0].get_xscale() == "log"
@@ -294,3 +298,59 @@ def test_released_musicgen_row_and_clap_column_with_saved_models(n2m, tmp_path):
     assert md.splitlines()[0].endswith("| steps | clap |") and "`clap` ↑" in md and "`musicgen` row" in md
     with (out.save(tmp_path / "cmp") / "comparison.csv").open() as f:
         assert tuple(next(csv.reader(f))) == out.columns
+
+
+# ---- intervals, claims, a second prompt set ---------------------------------------------------------------------
+
+
+def test_intervals_are_the_bootstrap_over_the_prompts_of_each_per_prompt_column(result):
+    """Each interval column is a mean of per-prompt values: its interval holds the value and spans the range a
+    resample of the prompts can reach; a rate's ends are shares of the prompts; FAD has none."""
+    for row in result.rows:
+        cols = result.intervals[row["system"]]
+        assert "fad" not in cols and set(cols) <= set(compare.INTERVAL_COLUMNS)
+        for column, (low, high) in cols.items():
+            assert low <= row[column] + 1e-9 and row[column] <= high + 1e-9, (row["system"], column)
+            if column.endswith("_accuracy"):
+                assert 0.0 <= low <= high <= 1.0
+    assert result.intervals["real_events"]["kl"] == (0.0, 0.0)  # every real clip against itself
+
+
+def test_claims_need_separated_intervals_and_contradictions_compare_two_tables(result):
+    """``better``/``claims`` state only what separated intervals support; ``contradictions`` lists a claim that
+    another table (another prompt set) reverses by value."""
+    fake = dataclasses.replace(result, rows=[dict(r) for r in result.rows],
+                               intervals={k: dict(v) for k, v in result.intervals.items()})
+    fake.row("audiogen")["class_accuracy"], fake.row("diffsound")["class_accuracy"] = 0.9, 0.1
+    fake.intervals["audiogen"]["class_accuracy"] = (0.8, 1.0)
+    fake.intervals["diffsound"]["class_accuracy"] = (0.0, 0.3)
+    fake.intervals["diffsound_ar"]["class_accuracy"] = (0.0, 0.95)  # overlaps both: no claim either way
+    assert fake.better("audiogen", "diffsound", "class_accuracy") and not fake.better("diffsound", "audiogen", "class_accuracy")
+    assert not fake.separated("audiogen", "diffsound_ar", "class_accuracy")
+    assert ("audiogen", "diffsound", "class_accuracy") in fake.claims(["class_accuracy"])
+    assert all(a != "diffsound_ar" and b != "diffsound_ar" for a, b, _ in fake.claims(["class_accuracy"]))
+    assert fake.ranking("class_accuracy", "events")[0] == "audiogen"
+    fake.intervals["audiogen"]["kl"], fake.intervals["diffsound"]["kl"] = (0.0, 0.1), (5.0, 6.0)
+    fake.row("audiogen")["kl"], fake.row("diffsound")["kl"] = 0.05, 5.5
+    assert fake.better("audiogen", "diffsound", "kl")  # lower is better for KL
+    other = dataclasses.replace(fake, rows=[dict(r) for r in fake.rows])
+    assert fake.contradictions(other) == []
+    other.row("diffsound")["class_accuracy"] = 0.95  # the other prompt set ranks them the other way
+    problems = fake.contradictions(other)
+    assert len(problems) == 1 and problems[0].startswith("class_accuracy: audiogen beats diffsound")
+
+
+def test_a_second_prompt_set_is_disjoint_from_the_first_and_both_references(n2m):
+    """``prompt_start``: the prompts and the FAD reference draw move together; :func:`disjoint_prompt_start` puts
+    the second set after the first set's reference draw, so no clip is shared."""
+    start = compare.disjoint_prompt_start(N)
+    first = set(range(N)) | set(range(compare.reference_start(N), compare.reference_start(N) + N))
+    second = set(range(start, start + N)) | set(range(compare.reference_start(N, start),
+                                                        compare.reference_start(N, start) + N))
+    assert not first & second and compare.reference_start(N, start) % 12 == 0
+    out = run({"noise2music": n2m}, systems=["noise2music"], prompt_start=start, bootstrap_resamples=50)
+    clips, real = real_clips(music, start=start)
+    assert out.prompts["music"] == [c.caption for c in clips] and torch.equal(out.audio["real_music"], real)
+    assert out.settings["prompts_from"] == f"test split, clips {start}…{start + N - 1}"
+    with pytest.raises(ValueError, match="prompt_start must be an int >= 0"):
+        run({"noise2music": n2m}, systems=["noise2music"], prompt_start=-1)
