@@ -106,6 +106,9 @@ _MUSIC_RATES = ("tempo_accuracy", "mode_accuracy", "instrument_accuracy")
 INTERVAL_COLUMNS = ("kl", "agreement", *_EVENT_RATES, *_MUSIC_RATES)
 LOWER_IS_BETTER = ("fad", "kl")
 BOOTSTRAP_RESAMPLES = 500
+# Below this many prompts the table states no claim: a bootstrap over 2 or 4 prompts sees too few distinct
+# resamples to tell a difference from noise (at 2 prompts its interval is about [min, max]).
+MIN_PROMPTS_FOR_CLAIMS = 8
 
 # run size -> prompts per domain and clip lengths in seconds
 SIZES: dict[str, dict[str, Any]] = {
@@ -163,9 +166,10 @@ class ComparisonResult:
 
     def separated(self, a: str, b: str, column: str) -> bool:
         """Whether rows ``a`` and ``b`` differ in ``column`` by more than chance: their 95% intervals do not
-        overlap (a conservative test: overlapping intervals may still differ, but then this table cannot say)."""
+        overlap (a conservative test: overlapping intervals may still differ, but then this table cannot say).
+        Never with fewer than :data:`MIN_PROMPTS_FOR_CLAIMS` prompts."""
         ia, ib = self.intervals.get(a, {}).get(column), self.intervals.get(b, {}).get(column)
-        if ia is None or ib is None:
+        if ia is None or ib is None or self.settings.get("n_prompts", 0) < MIN_PROMPTS_FOR_CLAIMS:
             return False
         return ia[1] < ib[0] or ib[1] < ia[0]
 
@@ -237,10 +241,11 @@ class ComparisonResult:
         notes = [
             "",
             f"{n} prompts per domain (sound events {ev} s, music {mu} s), seed {s.get('seed')}. "
-            "fad ↓, kl ↓ (nats), agreement ↑ (cosine), *_accuracy ↑ (probe adherence); kl, agreement and the "
-            f"accuracies with their 95% interval [low, high] (percentile bootstrap over the prompts, "
-            f"{s.get('bootstrap_resamples')} resamples): a row beats another only where the intervals do not overlap "
-            "(`claims()`); FAD gets no interval (a resampled set repeats clips, which biases FAD) and no claim; "
+            "fad ↓, kl ↓ (nats), agreement ↑ (cosine), *_accuracy ↑ (probe adherence); kl and agreement with their "
+            f"95% interval [low, high] (percentile bootstrap over the prompts, {s.get('bootstrap_resamples')} "
+            "resamples), the accuracies with Wilson's: a row beats another only where the intervals do not overlap "
+            f"(`claims()`, and only from {MIN_PROMPTS_FOR_CLAIMS} prompts up); FAD gets no interval (a resampled set "
+            "repeats clips, which biases FAD) and no claim; "
             f"seconds_per_audio_second ↓ (generation only, {s.get('num_threads')} thread(s), this machine).",
             "FAD, KL and agreement are measured with the course's own models (`audio_classifier_course`, "
             "`agreement_course`): comparable between the rows of this table, **not** with the papers' "
@@ -495,8 +500,11 @@ def _statistics(items: dict[str, np.ndarray], reference: Any, index: np.ndarray 
 def _measure(audio: Tensor, domain: str, ctx: dict[str, Any],
              resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[dict[str, Any], dict[str, tuple[float, float]]]:
     """The table's columns for 16 kHz clips ``(N, T)`` against domain ``domain``'s prompts, and their 95%
-    intervals (:data:`INTERVAL_COLUMNS`): the percentile bootstrap over the prompts, ``resamples`` draws seeded
-    by the domain, so reruns agree."""
+    intervals (:data:`INTERVAL_COLUMNS`): for KL and agreement (means of per-prompt values) the percentile
+    bootstrap over the prompts, ``resamples`` draws seeded by the domain, so reruns agree; for a probe rate (a
+    share of prompts) Wilson's interval, which stays honest at a handful of prompts."""
+    from course_lib.metrics.intervals import wilson_interval
+
     items = _per_prompt(audio, domain, ctx)
     reference = ctx[domain]["reference_embeddings"]
     point = _statistics(items, reference)
@@ -510,6 +518,11 @@ def _measure(audio: Tensor, domain: str, ctx: dict[str, Any],
     # rounded like the values (4 decimals), so a column and its interval read alike
     intervals = {key: (_clean(np.percentile(v, 2.5), 4), _clean(np.percentile(v, 97.5), 4))
                  for key, v in draws.items() if key in INTERVAL_COLUMNS or key == CLAP_COLUMN}
+    for key in (_EVENT_RATES if domain == "events" else _MUSIC_RATES):  # a share of prompts: Wilson's interval
+        hits = items[key][np.isfinite(items[key])]
+        if hits.size:
+            low, high = wilson_interval(int(hits.sum()), int(hits.size))
+            intervals[key] = (_clean(low, 4), _clean(high, 4))
     row = {key: None if value is None else _clean(value, 4) for key, value in point.items()}
     return row, intervals
 

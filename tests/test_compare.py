@@ -304,8 +304,13 @@ def test_released_musicgen_row_and_clap_column_with_saved_models(n2m, tmp_path):
 
 
 def test_intervals_are_the_bootstrap_over_the_prompts_of_each_per_prompt_column(result):
-    """Each interval column is a mean of per-prompt values: its interval holds the value and spans the range a
-    resample of the prompts can reach; a rate's ends are shares of the prompts; FAD has none."""
+    """Each interval holds its value; a rate's is Wilson's for its hits among the prompts that state it (never a
+    point, even at 2 prompts); KL's and agreement's are the bootstrap over the prompts; FAD has none."""
+    from course_lib.metrics.intervals import wilson_interval
+
+    rate = result.row("real_events")["class_accuracy"]
+    assert result.intervals["real_events"]["class_accuracy"] == tuple(
+        round(v, 4) for v in wilson_interval(round(rate * N), N))
     for row in result.rows:
         cols = result.intervals[row["system"]]
         assert "fad" not in cols and set(cols) <= set(compare.INTERVAL_COLUMNS)
@@ -319,8 +324,10 @@ def test_intervals_are_the_bootstrap_over_the_prompts_of_each_per_prompt_column(
 def test_claims_need_separated_intervals_and_contradictions_compare_two_tables(result):
     """``better``/``claims`` state only what separated intervals support; ``contradictions`` lists a claim that
     another table (another prompt set) reverses by value."""
+    assert result.claims() == []  # 2 prompts: too few for any claim (MIN_PROMPTS_FOR_CLAIMS)
     fake = dataclasses.replace(result, rows=[dict(r) for r in result.rows],
-                               intervals={k: dict(v) for k, v in result.intervals.items()})
+                               intervals={k: dict(v) for k, v in result.intervals.items()},
+                               settings={**result.settings, "n_prompts": compare.MIN_PROMPTS_FOR_CLAIMS})
     fake.row("audiogen")["class_accuracy"], fake.row("diffsound")["class_accuracy"] = 0.9, 0.1
     fake.intervals["audiogen"]["class_accuracy"] = (0.8, 1.0)
     fake.intervals["diffsound"]["class_accuracy"] = (0.0, 0.3)
