@@ -787,6 +787,9 @@ def main(argv: list[str] | None = None) -> ComparisonResult:
     parser.add_argument("--event-seconds", type=float, default=None)
     parser.add_argument("--music-seconds", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prompt-start", type=int, default=0,
+                        help="first test clip of the prompts (course_lib.compare.disjoint_prompt_start gives a second, "
+                             "disjoint set)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (the timing column depends on it; default: $COURSE_NUM_THREADS, else 1)")
     parser.add_argument("--no-progress", action="store_true")
@@ -795,7 +798,7 @@ def main(argv: list[str] | None = None) -> ComparisonResult:
         result = compare_models(args.systems, n_prompts=args.n_prompts, size=args.size, seed=args.seed,
                                 progress=not args.no_progress, event_seconds=args.event_seconds,
                                 music_seconds=args.music_seconds, num_threads=configure_threads(args.threads),
-                                clap=not args.no_clap)
+                                clap=not args.no_clap, prompt_start=args.prompt_start)
     except (ValueError, TypeError, FileNotFoundError) as err:
         parser.exit(2, f"error: {err}\n")
     out = result.save(args.out)

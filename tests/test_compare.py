@@ -227,11 +227,12 @@ def test_errors_say_what_was_expected(n2m):
 
 def test_command_line(tmp_path, capsys):
     out = compare.main(["--out", str(tmp_path / "cli"), "--systems", "audiogen", "--n-prompts", "2",
-                        "--event-seconds", "1", "--no-progress", "--seed", "3"])
+                        "--event-seconds", "1", "--no-progress", "--seed", "3", "--prompt-start", "24"])
     printed = capsys.readouterr().out
     assert "| audiogen | events | 2 |" in printed and "total run time:" in printed
     assert [r["system"] for r in out.rows] == ["audiogen", "real_events"]
-    assert json.loads((tmp_path / "cli" / "settings.json").read_text())["seed"] == 3
+    saved = json.loads((tmp_path / "cli" / "settings.json").read_text())
+    assert saved["seed"] == 3 and saved["prompt_start"] == 24 and saved["fad_reference"] == "36…37"
     with pytest.raises(SystemExit) as exit_info:
         compare.main(["--out", str(tmp_path / "bad"), "--systems", "audiogen,nope"])
     assert exit_info.value.code == 2 and "valid systems" in capsys.readouterr().err
