@@ -34,3 +34,14 @@ def test_bootstrap_interval_covers_the_mean_and_shrinks_with_more_items():
     assert bootstrap_interval(few) == bootstrap_interval(few)  # seeded
     with pytest.raises(ValueError, match="at least 2 values"):
         bootstrap_interval([1.0])
+
+
+def test_beats_baseline_needs_intervals_that_do_not_overlap():
+    from course_lib.metrics.intervals import beats_baseline, rate_interval
+
+    rows = {1.0: {"class_accuracy": 0.25, "count_accuracy": 0.5}, 3.0: {"class_accuracy": 0.9, "count_accuracy": 0.6},
+            5.0: {"class_accuracy": 0.4}}
+    found = beats_baseline(rows, {"class_accuracy": 48, "count_accuracy": 28}, baseline=1.0)
+    assert [(s, k) for s, k, *_ in found] == [(3.0, "class_accuracy")]  # 0.6 vs 0.5 of 28 and 0.4 vs 0.25 overlap
+    assert found[0][3] == rate_interval(0.9, 48) and found[0][5] == rate_interval(0.25, 48)
+    assert beats_baseline(rows, {"class_accuracy": 4}, baseline=1.0) == []  # 4 prompts: everything overlaps

@@ -12,11 +12,12 @@ that states a target met or missed must say how far that number could move. Two 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["bootstrap_interval", "wilson_interval"]
+__all__ = ["beats_baseline", "bootstrap_interval", "rate_interval", "wilson_interval"]
 
 
 def wilson_interval(hits: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -45,3 +46,28 @@ def bootstrap_interval(values: Sequence[float], resamples: int = 2000, seed: int
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def rate_interval(rate: float, n: int) -> tuple[float, float]:
+    """Wilson's interval for a rate that is a share of ``n`` prompts (``rate · n`` hits, rounded)."""
+    return wilson_interval(int(round(rate * n)), n)
+
+
+def beats_baseline(rows: Mapping[Any, Mapping[str, float]], counts: Mapping[str, int], baseline: Any,
+                   ) -> list[tuple[Any, str, float, tuple[float, float], float, tuple[float, float]]]:
+    """Settings that beat ``baseline`` beyond chance on some rate: ``rows`` maps a setting (a CFG scale, a number
+    of steps) to its rates (``{"class_accuracy": 0.5, ...}``), ``counts`` each rate's number of prompts.
+    Returns ``(setting, key, value, interval, baseline value, baseline interval)`` for every setting and rate
+    whose Wilson interval lies wholly above the baseline's (empty: nothing beats it by more than its interval)."""
+    base = rows[baseline]
+    out = []
+    for setting, row in rows.items():
+        if setting == baseline:
+            continue
+        for key, n in counts.items():
+            if key not in row or key not in base or not n:
+                continue
+            mine, theirs = rate_interval(row[key], n), rate_interval(base[key], n)
+            if mine[0] > theirs[1]:
+                out.append((setting, key, row[key], mine, base[key], theirs))
+    return out
