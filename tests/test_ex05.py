@@ -310,10 +310,10 @@ def test_grader_gives_full_marks_to_the_solutions_and_zero_to_the_exercises(tmp_
             paths.append(target)
     results = grade_many(paths, jobs=2, solutions_dir=ROOT / "solutions", timeout=120, cell_timeout=60)
     full04, empty04, full05, empty05 = results
-    for full, points in ((full04, 8), (full05, 13)):
+    for full, points in ((full04, 9), (full05, 13)):
         assert full.status == "completed", full.detail
         assert full.total == full.max_total == points
-    for empty, points in ((empty04, 8), (empty05, 13)):
+    for empty, points in ((empty04, 9), (empty05, 13)):
         assert empty.status == "completed", empty.detail  # the untouched exercise runs top to bottom, no error
         assert empty.total == 0 and empty.max_total == points
         assert all(s.message.startswith("not implemented") for s in empty.scores)
