@@ -27,6 +27,7 @@ PRETRAINED_DIR = Path(__file__).resolve().parent
 # name -> (model class, measuring function). A model is listed here once its folder is committed.
 _REGISTRY: dict[str, tuple[str, str]] = {
     "mel_vqvae_course": ("course_lib.codecs.mel_vqvae:MelVQVAE", "course_lib.pretrained.measures:measure_mel_vqvae"),
+    "mel_vqvae_v2": ("course_lib.codecs.mel_vqvae:MelVQVAE", "course_lib.pretrained.measures:measure_mel_vqvae"),
     "codec_course": ("course_lib.codecs.codec:Codec", "course_lib.pretrained.measures:measure_codec"),
     "melgan_course": ("course_lib.vocoders.melgan:MelGAN", "course_lib.pretrained.measures:measure_melgan"),
     "vocos_course": ("course_lib.vocoders.vocos:Vocos", "course_lib.pretrained.measures:measure_vocoder"),
