@@ -416,3 +416,18 @@ def test_spectral_loss_terms_are_added_and_logged(tmp_path):
     assert "mrmel_db" not in logs0 and {"mrmel_db", "stft_sc", "stft_log_mag"} <= set(logs)
     expected = float(plain.detach()) + 2.0 * logs["mrmel_db"] / (20 / math.log(10)) + 3.0 * (logs["stft_sc"] + logs["stft_log_mag"])
     assert float(more.detach()) == pytest.approx(expected, rel=1e-4)
+
+
+def test_istft_codec_trains_through_the_engine_and_loads_back(tmp_path):
+    """The tiny config with ``model.decoder=istft`` and the spectral terms: two steps end to end (its BatchNorm
+    counter once crashed the engine's end-of-run replica digest), then the run loads back as a Codec."""
+    family = get_family("codec")
+    cfg = family.load_config("tiny", [f"train.run_dir={tmp_path / 'run'}", "train.max_steps=2", "eval.every=0",
+                                      "model.decoder=istft", "model.decoder_dim=16", "model.decoder_intermediate_dim=32",
+                                      "model.decoder_layers=1", "loss.mrmel=1.0", "loss.stft=1.0",
+                                      "loss.mrmel_resolutions=[[256, 64, 32]]", "loss.stft_resolutions=[[256, 32, 128]]",
+                                      *FAST])
+    summary = train("codec", cfg)
+    assert summary["steps"] == 2 and math.isfinite(summary["eval"]["mel_distance"])
+    model = load_from_run(tmp_path / "run")
+    assert isinstance(model, Codec) and model.config.decoder == "istft"

@@ -152,3 +152,16 @@ def test_model_save_pretrained_round_trip(setup, tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
     back = MelAutoencoder.from_pretrained(folder)
     assert back.config == cfg.model and ckpt.state_dict_sha256(back) == ckpt.state_dict_sha256(model)
+
+
+def test_state_dict_digest_covers_0_dim_buffers_such_as_batchnorm_counters():
+    """BatchNorm keeps ``num_batches_tracked``, a 0-dim int64 buffer: the digest must read it (it failed to, and the
+    end-of-run replica check of a codec with the iSTFT decoder crashed after its last checkpoint)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv1d(2, 3, 1), torch.nn.BatchNorm1d(3))
+    before = ckpt.state_dict_sha256(model)
+    model.train()(torch.randn(4, 2, 5))  # updates the running statistics and the counter
+    after = ckpt.state_dict_sha256(model)
+    assert before != after
+    model[1].num_batches_tracked += 1  # the counter alone changes the digest
+    assert ckpt.state_dict_sha256(model) != after
