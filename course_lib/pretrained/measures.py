@@ -742,7 +742,10 @@ def measure_tokenizer_probes(paths: dict, n_clips: int = 48, clip_seconds: float
             tag = f"v{version}_{name}_"
             metrics.update({tag + k: v for k, v in adherence_rates(made["events"], sample_rate, events,
                                                                    events_probe).items()})
-            metrics.update(music_rates(made["music"], sample_rate, tunes, instruments_probe, prefix=tag))
+            # the rates only: a median tempo error moves with one clip's estimate (seen: 0.543 against 0.563 bpm
+            # between two float paths through Griffin-Lim), which a rate's one-clip tolerance covers and 2% does not
+            metrics.update({k: v for k, v in music_rates(made["music"], sample_rate, tunes, instruments_probe,
+                                                         prefix=tag).items() if not k.endswith("tempo_error_bpm")})
     return metrics
 
 
