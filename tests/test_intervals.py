@@ -12,7 +12,7 @@ def test_wilson_interval_known_values_and_edges():
     # 38 of 48: p = 0.7917; scipy.stats.binomtest(38, 48).proportion_ci(method="wilson") = (0.65741, 0.88270)
     low, high = wilson_interval(38, 48)
     assert low == pytest.approx(0.65741, abs=1e-5) and high == pytest.approx(0.88270, abs=1e-5)
-    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(0, 10)[1] > 0.2  # no collapse at 0 hits
+    assert wilson_interval(0, 10)[0] == pytest.approx(0.0, abs=1e-12) and wilson_interval(0, 10)[1] > 0.2  # no collapse at 0 hits
     assert wilson_interval(10, 10)[1] == pytest.approx(1.0) and wilson_interval(10, 10)[0] < 0.8
     narrow, wide = wilson_interval(400, 500), wilson_interval(40, 50)
     assert narrow[1] - narrow[0] < wide[1] - wide[0]  # more trials, a narrower interval

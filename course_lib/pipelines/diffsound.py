@@ -106,6 +106,20 @@ def load_vqvae(spec: str | os.PathLike | MelVQVAE = "mel_vqvae_course") -> MelVQ
     return _load_model(spec, MelVQVAE, "vqvae")
 
 
+def _saved_folder(text: str) -> Path | None:
+    """``text`` as an existing folder (not a ``"pretrained:NAME"``), else None."""
+    folder = Path(text).expanduser()
+    return folder if text and not text.startswith(PRETRAINED_PREFIX) and folder.is_dir() else None
+
+
+def _folder_config(folder: Path, what: str, writers: str) -> dict:
+    """The ``config.json`` of a saved model folder, which tells apart the classes that may have written it."""
+    config = folder / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{what} folder {folder} has no config.json: pass a folder written by {writers}")
+    return json.loads(config.read_text())
+
+
 def load_decoder(spec: str | os.PathLike | nn.Module = "diffsound_course") -> DiffsoundModel | AudioLM:
     """The token decoder named ``spec``: a :class:`DiffsoundModel` or an AR-baseline :class:`AudioLM`, shipped
     (a name, or ``"pretrained:NAME"``) or a folder written by either class's ``save_pretrained`` (told apart by
@@ -115,14 +129,10 @@ def load_decoder(spec: str | os.PathLike | nn.Module = "diffsound_course") -> Di
     if isinstance(spec, nn.Module):
         raise TypeError(f"decoder: expected a DiffsoundModel or an AudioLM, got a {type(spec).__name__}")
     text = str(spec).strip() if isinstance(spec, (str, os.PathLike)) else ""
-    folder = Path(text).expanduser()
-    if text and not text.startswith(PRETRAINED_PREFIX) and folder.is_dir():
-        config = folder / "config.json"
-        if not config.is_file():
-            raise FileNotFoundError(f"decoder folder {folder} has no config.json: pass a folder written by "
-                                    f"DiffsoundModel.save_pretrained or AudioLM.save_pretrained")
-        cls = AudioLM if "n_q" in json.loads(config.read_text()) else DiffsoundModel
-        return _load_model(folder, cls, "decoder")
+    folder = _saved_folder(text)
+    if folder is not None:
+        config = _folder_config(folder, "decoder", "DiffsoundModel.save_pretrained or AudioLM.save_pretrained")
+        return _load_model(folder, AudioLM if "n_q" in config else DiffsoundModel, "decoder")
     from course_lib import pretrained
 
     name = text[len(PRETRAINED_PREFIX):] if text.startswith(PRETRAINED_PREFIX) else text
@@ -151,14 +161,10 @@ def load_vocoder(spec: str | os.PathLike | nn.Module = GRIFFIN_LIM, mel_config=N
     if isinstance(spec, str) and spec.strip() == GRIFFIN_LIM:
         return GriffinLimVocoder(mel_config, n_iter=griffin_lim_iters)
     text = str(spec).strip() if isinstance(spec, (str, os.PathLike)) else ""
-    folder = Path(text).expanduser()
-    if text and not text.startswith(PRETRAINED_PREFIX) and folder.is_dir():
-        config = folder / "config.json"
-        if not config.is_file():
-            raise FileNotFoundError(f"vocoder folder {folder} has no config.json: pass a folder written by "
-                                    f"Vocos.save_pretrained or MelGAN.save_pretrained")
-        cls = Vocos if "phase_advance" in json.loads(config.read_text()) else MelGAN
-        return _load_model(folder, cls, "vocoder")
+    folder = _saved_folder(text)
+    if folder is not None:
+        config = _folder_config(folder, "vocoder", "Vocos.save_pretrained or MelGAN.save_pretrained")
+        return _load_model(folder, Vocos if "phase_advance" in config else MelGAN, "vocoder")
     from course_lib import pretrained
 
     name = text[len(PRETRAINED_PREFIX):] if text.startswith(PRETRAINED_PREFIX) else text
