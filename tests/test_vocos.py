@@ -335,7 +335,8 @@ def test_init_from_fine_tunes_from_another_run_and_refuses_another_family(tmp_pa
     scratch = get_family("vocos").build_model(family.load_config("tiny", ft).model)
     assert not all(torch.allclose(a, b) for a, b in zip(scratch.state_dict().values(), tuned.state_dict().values(),
                                                          strict=True))
-    summary = train("vocos", family.load_config("tiny", [*ft, "train.max_steps=2", "optim.lr=1e-12"]))
+    with pytest.warns(UserWarning, match="changed settings"):  # max_steps grew: resumed, not re-initialised
+        summary = train("vocos", family.load_config("tiny", [*ft, "train.max_steps=2", "optim.lr=1e-12"]))
     assert summary["resumed_from_step"] == 1
     mel = tmp_path / "melgan"
     train("melgan", get_family("melgan").load_config("tiny", [f"train.run_dir={mel}", *FAST[:2], "train.max_steps=1",
