@@ -181,3 +181,57 @@ def test_measure_diffsound_runs_for_both_decoders_and_is_deterministic(parts, mo
            {k: v for k, v in first.items() if k != "seconds_per_clip"}
     with pytest.raises(ValueError, match="n_prompts must be a positive int"):
         measure_diffsound(parts["ar"], n_prompts=0)
+
+
+def test_measure_diffsound_on_version_2_prompts_adds_the_heldout_grammar(parts, monkeypatch):
+    # version 2: the prompts are v2 test captions, read by the version 2 class probe (an untrained stand-in here)
+    torch.manual_seed(0)
+    probe = EventClassifier(EventClassifierConfig()).eval()
+    monkeypatch.setitem(measures._VERSION_PROBES, ("event", 2, 1.0, SR), probe)
+    monkeypatch.setitem(measures._VERSION_PROBES, ("instrument", 2, 1.0, SR), probe)
+    vocoder = GriffinLimVocoder(parts["vqvae"].config.mel_config(), n_iter=4)
+    kwargs = dict(n_prompts=2, seconds=1.0, vqvae=parts["vqvae"], vocoder=vocoder,
+                  text_encoder="course:text_encoder_v2", batch_size=1, timing=False, version=2)
+    seen = measure_diffsound(parts["ar"], **kwargs)
+    both = measure_diffsound(parts["ar"], heldout_grammar=True, **kwargs)
+    heldout = {k for k in both if k.startswith("heldout_")}
+    assert heldout and {k[len("heldout_"):] for k in heldout} <= {k for k in seen if not k.startswith("ceiling_")}
+    assert {k: v for k, v in both.items() if k not in heldout} == seen  # the seen-grammar rates are unchanged
+    # the held-out prompts are the same clips under other words, so each rate counts the same prompts
+    clips = measures.prompt_clips("diffsound_ar_v2", {"n_prompts": 2, "seconds": 1.0, "version": 2})
+    counts = measures.rate_counts(both, clips)
+    assert set(counts) == set(both) and all(counts[f"heldout_{k}"] == counts[k] for k in seen if f"heldout_{k}" in both)
+    with pytest.raises(ValueError, match="needs version=2"):
+        measure_diffsound(parts["ar"], n_prompts=2, heldout_grammar=True)
+
+
+def test_heldout_captions_use_words_no_training_caption_has():
+    from course_lib.data import sound_events
+    from course_lib.data.captions_v2 import HELD_OUT_WORDS
+
+    seen = list(sound_events.generate_clips("test", 4, 1.0, SR, version=2))
+    held = list(sound_events.generate_clips("test", 4, 1.0, SR, version=2, grammar="heldout"))
+    for a, b in zip(seen, held):
+        assert a.attributes["class"] == b.attributes["class"] and torch.equal(torch.as_tensor(a.audio),
+                                                                              torch.as_tensor(b.audio))
+        assert a.caption != b.caption
+    assert any(w in HELD_OUT_WORDS for c in held for w in c.caption.lower().replace(",", " ").split())
+
+
+def test_from_pretrained_pairs_a_shipped_decoder_with_its_own_tokenizer_and_text_encoder(monkeypatch):
+    from course_lib.pipelines import diffsound as ds
+
+    loaded = {}
+    monkeypatch.setattr(ds, "load_vqvae", lambda spec: loaded.setdefault("vqvae", spec) and (_ for _ in ()).throw(
+        RuntimeError("stop")))
+    for decoder, vqvae in (("diffsound_course", "mel_vqvae_course"), ("pretrained:diffsound_v2", "mel_vqvae_v2"),
+                           ("diffsound_ar_v2", "mel_vqvae_v2")):
+        loaded.clear()
+        with pytest.raises(RuntimeError, match="stop"):
+            DiffsoundPipeline.from_pretrained(decoder=decoder)
+        assert loaded["vqvae"] == vqvae
+    loaded.clear()
+    with pytest.raises(RuntimeError, match="stop"):  # an explicit choice wins
+        DiffsoundPipeline.from_pretrained(decoder="diffsound_v2", vqvae="some_folder")
+    assert loaded["vqvae"] == "some_folder"
+    assert ds.DECODER_TOOLS["diffsound_v2"][1] == "course:text_encoder_v2"

@@ -57,7 +57,7 @@ from course_lib.vocoders import GriffinLimVocoder, MelGAN, Vocoder
 from course_lib.vocoders.vocos import Vocos
 
 __all__ = ["DiffsoundPipeline", "grid_to_sequence", "sequence_to_grid", "load_decoder", "load_vqvae",
-           "load_vocoder"]
+           "load_vocoder", "DECODER_TOOLS"]
 
 GRIFFIN_LIM = "griffin_lim"
 
@@ -173,6 +173,18 @@ def load_vocoder(spec: str | os.PathLike | nn.Module = GRIFFIN_LIM, mel_config=N
     return _load_model(spec, MelGAN, "vocoder")
 
 
+#: The mel VQ-VAE and text encoder each shipped token decoder was trained with: what
+#: :meth:`DiffsoundPipeline.from_pretrained` loads beside it unless told otherwise. A decoder with another
+#: tokenizer of the same size, or another 128-d text encoder, would run and produce noise, so the pairing is
+#: recorded here rather than left to the caller.
+DECODER_TOOLS: dict[str, tuple[str, str]] = {
+    "diffsound_course": ("mel_vqvae_course", "course"),
+    "diffsound_ar_course": ("mel_vqvae_course", "course"),
+    "diffsound_v2": ("mel_vqvae_v2", "course:text_encoder_v2"),
+    "diffsound_ar_v2": ("mel_vqvae_v2", "course:text_encoder_v2"),
+}
+
+
 def _same_front_end(a, b) -> bool:
     keys = ("sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max")
     return all(getattr(a, k) == getattr(b, k) for k in keys)
@@ -226,14 +238,20 @@ class DiffsoundPipeline:
         self.decoder, self.vqvae, self.vocoder, self.text_encoder = decoder, vqvae, vocoder, text_encoder
 
     @classmethod
-    def from_pretrained(cls, decoder: str | os.PathLike = "diffsound_course", vqvae: str | os.PathLike = "mel_vqvae_course",
-                        vocoder: str | os.PathLike = GRIFFIN_LIM, text_encoder: str | os.PathLike = "course",
+    def from_pretrained(cls, decoder: str | os.PathLike = "diffsound_course", vqvae: str | os.PathLike | None = None,
+                        vocoder: str | os.PathLike = GRIFFIN_LIM, text_encoder: str | os.PathLike | None = None,
                         device: str | torch.device = "cpu", griffin_lim_iters: int = 32) -> DiffsoundPipeline:
         """Load the four parts by name (shipped models) or folder (see the module docstring), on ``device``;
-        ``vocoder="griffin_lim"`` uses Griffin-Lim (``griffin_lim_iters`` iterations) on the VQ-VAE's mel."""
-        vq = load_vqvae(vqvae)
+        ``vocoder="griffin_lim"`` uses Griffin-Lim (``griffin_lim_iters`` iterations) on the VQ-VAE's mel.
+        ``vqvae`` and ``text_encoder`` default to those the shipped ``decoder`` was trained with
+        (:data:`DECODER_TOOLS`; ``mel_vqvae_course`` and the course encoder for any other decoder)."""
+        name = str(decoder).strip() if isinstance(decoder, (str, os.PathLike)) else ""
+        name = name[len(PRETRAINED_PREFIX):] if name.startswith(PRETRAINED_PREFIX) else name
+        default_vqvae, default_text = DECODER_TOOLS.get(name, DECODER_TOOLS["diffsound_course"])
+        vq = load_vqvae(vqvae if vqvae is not None else default_vqvae)
         voc = load_vocoder(vocoder, vq.config.mel_config(), griffin_lim_iters)
-        return cls(load_decoder(decoder), vq, voc, load_text(text_encoder)).to(device)
+        text = load_text(text_encoder if text_encoder is not None else default_text)
+        return cls(load_decoder(decoder), vq, voc, text).to(device)
 
     def to(self, device: str | torch.device) -> DiffsoundPipeline:
         """Move the four models to ``device``; returns self."""

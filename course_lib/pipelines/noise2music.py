@@ -45,6 +45,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from course_lib.audio import resample
@@ -54,11 +55,12 @@ from course_lib.pipelines.audiogen import _eval_mode, _load_model, load_text
 from course_lib.text.base import TextEmbedding, TextEncoder
 from course_lib.text.prompts import encode_prompts
 
-__all__ = ["Noise2MusicStageConfig", "Noise2MusicStage", "Noise2MusicPipeline", "load_stage", "scale_to_peak",
-           "to_low_rate", "STAGES", "SAMPLERS"]
+__all__ = ["Noise2MusicStageConfig", "Noise2MusicStage", "Noise2MusicPipeline", "ResizeConvUp", "load_stage",
+           "scale_to_peak", "to_low_rate", "STAGES", "SAMPLERS", "UPSAMPLERS"]
 
 STAGES = ("generator", "cascader")
 SAMPLERS = ("ddim", "ddpm")
+UPSAMPLERS = ("subpixel", "nearest", "linear")
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
 
@@ -90,6 +92,18 @@ class Noise2MusicStageConfig:
     from Noise2Music, which diffuses the clip itself: with the U-Net's zero-initialised output and
     x0-prediction an untrained cascader then *is* sinc upsampling, so training only has to add the high band
     instead of first learning to copy the low one.
+
+    ``upsample``: how the U-Net's decoder upsamples. ``"subpixel"`` (the default, and the shipped course stages):
+    :class:`UNet1D`'s own sub-pixel layer, a 1×1 conv to ``s`` phases interleaved in time. Its ``s`` phases have
+    their own weights and biases, which training pulls apart, so the output carries a fixed pattern with the
+    period of the stride product at that layer: spectral lines at multiples of ``rate / 4`` (last layer) and
+    ``rate / 16`` (the one before) in every clip; MEASURED on the shipped course stages (per-clip prominence over
+    the neighbouring ±16-80 Hz): the generator's 800 and 1600 Hz (its Nyquist) lines +6 and +8 dB, the
+    cascader's 4, 7 and 8 kHz lines +15, +16, +18 dB, all gone (about 0 dB) when those layers' phases are set
+    equal. ``"nearest"`` / ``"linear"``: resize-convolution (:class:`ResizeConvUp`; Odena et al. 2016,
+    imagen-pytorch's default ``Upsample``): interpolate ×s, then a kernel-3 conv, the same weights at every
+    output sample, so there is no per-phase pattern to learn (a constant input stays constant).
+    Left out of :meth:`to_dict` while it is ``"subpixel"``: configs saved before the option existed compare equal.
     """
 
     stage: Literal["generator", "cascader"] = "generator"
@@ -100,6 +114,7 @@ class Noise2MusicStageConfig:
     residual: bool = False
     unet: UNet1DConfig = field(default_factory=_generator_unet)
     diffusion: GaussianDiffusionConfig = field(default_factory=GaussianDiffusionConfig)
+    upsample: Literal["subpixel", "nearest", "linear"] = field(default="subpixel", metadata={"omit_if_default": True})
 
     @classmethod
     def cascader(cls, **overrides) -> Noise2MusicStageConfig:
@@ -133,6 +148,8 @@ class Noise2MusicStageConfig:
         if not isinstance(self.residual, bool) or (self.residual and self.stage != "cascader"):
             raise ValueError(f"Noise2MusicStageConfig.residual: a bool, and True only for a cascader (it diffuses "
                              f"what the 16 kHz clip adds to its upsampled input), got {self.residual!r} for a {self.stage}")
+        if self.upsample not in UPSAMPLERS:
+            raise ValueError(f"Noise2MusicStageConfig.upsample: expected one of {UPSAMPLERS}, got {self.upsample!r}")
         self.unet.validate()
         self.diffusion.validate()
         u = self.unet
@@ -149,8 +166,12 @@ class Noise2MusicStageConfig:
                              "are text-conditioned), got None")
 
     def to_dict(self) -> dict:
-        """Plain JSON-serialisable dict (the U-Net and diffusion configs nested)."""
-        return dataclasses.asdict(self)
+        """Plain JSON-serialisable dict (the U-Net and diffusion configs nested; ``upsample`` only when not the
+        default ``"subpixel"``, so an old-style stage writes the same ``config.json`` as before the option)."""
+        data = dataclasses.asdict(self)
+        if data["upsample"] == "subpixel":
+            del data["upsample"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> Noise2MusicStageConfig:
@@ -167,6 +188,37 @@ class Noise2MusicStageConfig:
         return cls(**data)
 
 
+class ResizeConvUp(nn.Module):
+    """×``stride`` upsampling by resize-convolution: ``F.interpolate`` (``mode`` ``"nearest"`` or ``"linear"``)
+    then a ``kernel_size`` conv ``c_in → c_out`` at the high rate (Odena et al. 2016, "Deconvolution and
+    Checkerboard Artifacts"; imagen-pytorch's ``Upsample``). Unlike :class:`UNet1D`'s sub-pixel layer it has no
+    per-phase weights: every output sample is made by the same filter, so training cannot learn a fixed
+    pattern with the stride's period (:attr:`Noise2MusicStageConfig.upsample`). Costs a kernel-3 conv at the
+    high rate instead of a 1×1 one at the low rate."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, mode: str = "linear", kernel_size: int = 3) -> None:
+        super().__init__()
+        if mode not in ("nearest", "linear"):
+            raise ValueError(f"ResizeConvUp: mode must be 'nearest' or 'linear', got {mode!r}")
+        self.stride, self.c_out, self.mode = stride, c_out, mode
+        self.conv = nn.Conv1d(c_in, c_out, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.mode == "linear":
+            x = F.interpolate(x, scale_factor=self.stride, mode="linear", align_corners=False)
+        else:
+            x = F.interpolate(x, scale_factor=self.stride, mode="nearest")
+        return self.conv(x)
+
+
+def _upsampler_kind(unet: UNet1D) -> str:
+    """``"subpixel"`` for a U-Net with its own upsampling layers, else the mode of its :class:`ResizeConvUp` ones."""
+    kinds = {up.mode if isinstance(up, ResizeConvUp) else "subpixel" for up in unet.upsamples}
+    if len(kinds) != 1:
+        raise ValueError(f"Noise2MusicStage: the U-Net mixes upsampling layers {sorted(kinds)}")
+    return kinds.pop()
+
+
 class Noise2MusicStage(nn.Module):
     """A generator or cascader: :class:`UNet1D` ``(B, C_in, T) → (B, 1, T)`` plus its sampling settings.
 
@@ -180,13 +232,20 @@ class Noise2MusicStage(nn.Module):
     def __init__(self, config: Noise2MusicStageConfig | None = None, unet: UNet1D | None = None) -> None:
         super().__init__()
         config = config or Noise2MusicStageConfig()
-        if unet is not None:  # wrap an existing U-Net (weights shared): its own config wins
+        if unet is not None:  # wrap an existing U-Net (weights shared): its own config (and upsampling) wins
             if not isinstance(unet, UNet1D):
                 raise TypeError(f"Noise2MusicStage: unet must be a UNet1D, got {type(unet).__name__}")
-            config = dataclasses.replace(config, unet=unet.config)
+            config = dataclasses.replace(config, unet=unet.config, upsample=_upsampler_kind(unet))
         config.validate()
         self.config = config
-        self.unet = unet if unet is not None else UNet1D(config.unet)
+        if unet is None:
+            unet = UNet1D(config.unet)
+            if config.upsample != "subpixel":  # resize-convolution instead of the U-Net's sub-pixel layers
+                u = config.unet
+                outs = [u.channels, *u.widths()[:-1]]
+                for j, i in enumerate(reversed(range(len(u.strides)))):
+                    unet.upsamples[j] = ResizeConvUp(u.widths()[i], outs[i], u.strides[i], config.upsample)
+        self.unet = unet
 
     @property
     def diffusion(self) -> GaussianDiffusion:

@@ -178,7 +178,7 @@ def adherence_rates(audio: torch.Tensor, sample_rate: int, clips: list, classifi
 # A rate over prompts (``<prefix>class_accuracy`` ...) counts the prompts whose attributes define that check.
 RATE_ATTRIBUTES = {"class_accuracy": "class", "count_accuracy": "count", "pitch_band_accuracy": "pitch_band",
                    "tempo_accuracy": "tempo_bpm", "mode_accuracy": "mode", "instrument_accuracy": "instrument"}
-_RATE_PREFIXES = ("cascade_ceiling_", "ceiling_", "low_", "")
+_RATE_PREFIXES = ("cascade_ceiling_", "ceiling_", "heldout_", "low_", "")
 
 
 _VERSION_TAG = re.compile(r"^v(\d+)_")
@@ -225,6 +225,7 @@ def rate_counts(metrics: dict[str, float], clips: list | dict[int, list]) -> dic
 # at a near-tie of two codebook entries may round the other way on another CPU, and a probe decide at its edge.
 TOKENIZER_PROBE_CARDS = ("codec_v2", "mel_vqvae_v2")
 RATE_FLIPS = {"codec_v2": 1, "mel_vqvae_v2": 1, "audiogen_course": 2, "diffsound_course": 2, "diffsound_ar_course": 2,
+              "diffsound_v2": 2, "diffsound_ar_v2": 2,
               "n2m_generator_course": 1, "n2m_cascader_course": 1, "vocos_course": 1}
 
 
@@ -257,9 +258,9 @@ def prompt_clips(name: str, settings: dict) -> list | dict[int, list]:
             return []
         n, seconds = settings.get("n_clips", 24), float(settings.get("clip_seconds", 2.0))
         return {v: heldout_clips("sound_events", n, seconds, 16_000, v) for v in settings.get("versions", (1, 2))}
-    if name in ("audiogen_course", "diffsound_course", "diffsound_ar_course"):
+    if name in ("audiogen_course", "diffsound_course", "diffsound_ar_course", "diffsound_v2", "diffsound_ar_v2"):
         return list(sound_events.generate_clips("test", settings.get("n_prompts", 24), settings.get("seconds", 2.0),
-                                                16_000))
+                                                16_000, version=settings.get("version", 1)))
     if name in ("n2m_generator_course", "n2m_cascader_course"):
         seconds = settings.get("seconds", 4.0 if name == "n2m_generator_course" else 2.0)
         return list(music.generate_clips("test", settings.get("n_prompts", 24), float(seconds), 16_000))
@@ -306,7 +307,8 @@ def measure_audiogen(model, n_prompts: int = 24, seconds: float = 2.0, cfg_scale
 def measure_diffsound(model, n_prompts: int = 24, seconds: float = 2.0, steps: int | None = None,
                       cfg_scale: float = 3.0, seed: int = 0, vqvae=None, vocoder=None, text_encoder=None,
                       truncation: float | None = 0.86, temperature: float = 1.0, top_k: int | None = None,
-                      batch_size: int = 12, timing: bool = True) -> dict[str, float]:
+                      batch_size: int = 12, timing: bool = True, version: int = 1,
+                      heldout_grammar: bool = False) -> dict[str, float]:
     """Diffsound token decoder (a ``DiffsoundModel``, or the AR-baseline ``AudioLM``): prompt adherence on fresh
     test-split sound-event captions, read back by the probes, and generation time.
 
@@ -326,6 +328,12 @@ def measure_diffsound(model, n_prompts: int = 24, seconds: float = 2.0, steps: i
     decoder can reach through them. ``seconds_per_clip`` is the token decoder's wall-clock time per clip (the
     VQ-VAE decoder and vocoder, shared by both decoders, are not counted): the one key that is not
     deterministic (``timing=False`` leaves it out, as the shipped cards do); every rate is, for fixed arguments.
+
+    ``version`` picks the data generator the prompts come from (1, or 2 for the version 2 sound events, read
+    by the version 2 class probe of :func:`version_probes`, trained on real v2 clips only). With
+    ``heldout_grammar`` (version 2 only) the same test clips are also captioned from the held-out caption
+    grammar (templates and words no training caption used, :mod:`course_lib.data.captions_v2`) and generated
+    again: ``heldout_*`` rates, to compare with the seen-grammar ones (the ceiling is the same audio).
     """
     import time
 
@@ -336,24 +344,37 @@ def measure_diffsound(model, n_prompts: int = 24, seconds: float = 2.0, steps: i
         raise ValueError(f"n_prompts must be a positive int, got {n_prompts!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if heldout_grammar and version < 2:
+        raise ValueError("heldout_grammar=True needs version=2: the held-out caption grammar is version 2's")
     vq = load_vqvae(vqvae if vqvae is not None else "mel_vqvae_course")
     voc = load_vocoder(vocoder if vocoder is not None else "griffin_lim", vq.config.mel_config())
     pipe = DiffsoundPipeline(model, vq, voc, load_text(text_encoder if text_encoder is not None else "course"))
     rate = pipe.sample_rate
-    clips = list(sound_events.generate_clips("test", n_prompts, seconds, rate))
-    classifier = event_probe(float(seconds), rate)
-    generated, ceiling, elapsed = [], [], 0.0
-    for b, start in enumerate(range(0, n_prompts, batch_size)):
-        part = clips[start:start + batch_size]
+    clips = list(sound_events.generate_clips("test", n_prompts, seconds, rate, version=version))
+    classifier = event_probe(float(seconds), rate) if version == 1 else version_probes(version, seconds, rate)[0]
+    elapsed = 0.0
+
+    def generate(prompts: list[str], b: int) -> torch.Tensor:
+        nonlocal elapsed
         t0 = time.perf_counter()
-        tokens = pipe.generate_tokens([c.caption for c in part], seconds=seconds, steps=steps, cfg_scale=cfg_scale,
+        tokens = pipe.generate_tokens(prompts, seconds=seconds, steps=steps, cfg_scale=cfg_scale,
                                       truncation=truncation, temperature=temperature, top_k=top_k, seed=seed + b)
         elapsed += time.perf_counter() - t0
-        generated.append(pipe.vocode(pipe.tokens_to_mel(tokens, seconds))[..., : pipe.num_samples(seconds)])
+        return pipe.vocode(pipe.tokens_to_mel(tokens, seconds))[..., : pipe.num_samples(seconds)]
+
+    generated, ceiling = [], []
+    for b, start in enumerate(range(0, n_prompts, batch_size)):
+        part = clips[start:start + batch_size]
+        generated.append(generate([c.caption for c in part], b))
         real = torch.from_numpy(np.stack([c.audio for c in part]))[:, None]
         ceiling.append(pipe.vocode(pipe.tokens_to_mel(pipe.tokenize(real), seconds))[..., : pipe.num_samples(seconds)])
     metrics = adherence_rates(torch.cat(generated), rate, clips, classifier)
     metrics.update({f"ceiling_{k}": v for k, v in adherence_rates(torch.cat(ceiling), rate, clips, classifier).items()})
+    if heldout_grammar:
+        held = list(sound_events.generate_clips("test", n_prompts, seconds, rate, version=version, grammar="heldout"))
+        audio = torch.cat([generate([c.caption for c in held[start:start + batch_size]], b)
+                           for b, start in enumerate(range(0, n_prompts, batch_size))])
+        metrics.update({f"heldout_{k}": v for k, v in adherence_rates(audio, rate, held, classifier).items()})
     if timing:
         metrics["seconds_per_clip"] = round(elapsed / n_prompts, 4)
     return metrics
