@@ -238,6 +238,7 @@ def small_probes():
     saved = dict(measures._INSTRUMENT_PROBES)
     for rate in (3200, 16000):
         measures._INSTRUMENT_PROBES[(1.0, rate)] = train_instrument_classifier(4, 0, 30, 1.0, rate)
+        measures._INSTRUMENT_PROBES[(1.0, rate, 2)] = train_instrument_classifier(4, 0, 30, 1.0, rate, version=2)
     yield
     measures._INSTRUMENT_PROBES.clear()
     measures._INSTRUMENT_PROBES.update(saved)
@@ -268,6 +269,16 @@ def test_measures_keys_and_determinism(pipe, small_probes):
         measures.measure_n2m_generator(pipe.generator, n_prompts=0)
     with pytest.raises(ValueError, match="seconds must be a number >= 1"):
         measures.measure_n2m_cascader(pipe.cascader, seconds=0.5)
+
+
+def test_measures_read_version_2_prompts_with_the_version_2_probe(pipe, small_probes):
+    kw = dict(n_prompts=2, seconds=1.0, steps=2, batch_size=1, timing=False)
+    v1, v2 = (measures.measure_n2m_generator(pipe.generator, version=v, **kw) for v in (1, 2))
+    assert set(v1) == set(v2)
+    clips = measures.prompt_clips("n2m_generator_v2", {"n_prompts": 2, "seconds": 1.0, "version": 2})
+    assert [c.caption for c in clips] == [c.caption for c in measures._n2m_setup(2, 1.0, 1, version=2)]
+    assert clips[0].caption != measures._n2m_setup(2, 1.0, 1)[0].caption  # the v2 grammar, not v1's
+    assert measures.instrument_probe(1.0, 3200, 2) is measures._INSTRUMENT_PROBES[(1.0, 3200, 2)]
 
 
 def test_high_band_energy_closed_form():

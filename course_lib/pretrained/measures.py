@@ -261,9 +261,10 @@ def prompt_clips(name: str, settings: dict) -> list | dict[int, list]:
     if name in ("audiogen_course", "diffsound_course", "diffsound_ar_course", "diffsound_v2", "diffsound_ar_v2"):
         return list(sound_events.generate_clips("test", settings.get("n_prompts", 24), settings.get("seconds", 2.0),
                                                 16_000, version=settings.get("version", 1)))
-    if name in ("n2m_generator_course", "n2m_cascader_course"):
-        seconds = settings.get("seconds", 4.0 if name == "n2m_generator_course" else 2.0)
-        return list(music.generate_clips("test", settings.get("n_prompts", 24), float(seconds), 16_000))
+    if name in ("n2m_generator_course", "n2m_cascader_course", "n2m_generator_v2", "n2m_cascader_v2"):
+        seconds = settings.get("seconds", 4.0 if name.startswith("n2m_generator") else 2.0)
+        return list(music.generate_clips("test", settings.get("n_prompts", 24), float(seconds), 16_000,
+                                         version=settings.get("version", 1)))
     return []
 
 
@@ -385,17 +386,18 @@ def measure_diffsound(model, n_prompts: int = 24, seconds: float = 2.0, steps: i
 _INSTRUMENT_PROBES: dict[tuple[float, int], torch.nn.Module] = {}  # (clip_seconds, sample_rate) -> trained probe
 
 
-def instrument_probe(clip_seconds: float, sample_rate: int) -> torch.nn.Module:
+def instrument_probe(clip_seconds: float, sample_rate: int, version: int = 1) -> torch.nn.Module:
     """The instrument probe of the Noise2Music measures at ``sample_rate`` (3.2 kHz for low-rate audio, 16 kHz for
     the cascade's): :func:`course_lib.data.music_probes.train_instrument_classifier` with seed 0 on 40
-    ``clip_seconds`` train-split clips per instrument, trained once per process (5-10 s on one thread)."""
+    ``clip_seconds`` train-split clips per instrument of music generator ``version`` (1: six instruments; 2: the
+    SoundFont's eight), trained once per process (5-10 s on one thread)."""
     from course_lib.data.music_probes import train_instrument_classifier
 
-    key = (float(clip_seconds), int(sample_rate))
+    key = (float(clip_seconds), int(sample_rate)) if version == 1 else (float(clip_seconds), int(sample_rate), version)
     if key not in _INSTRUMENT_PROBES:
         with torch.enable_grad():  # the callers measure under no_grad
             _INSTRUMENT_PROBES[key] = train_instrument_classifier(n_per_class=40, seed=0, clip_seconds=clip_seconds,
-                                                                  sample_rate=sample_rate)
+                                                                  sample_rate=sample_rate, version=version)
     return _INSTRUMENT_PROBES[key]
 
 
@@ -408,15 +410,16 @@ def music_rates(audio: torch.Tensor, sample_rate: int, clips: list, classifier, 
     return {f"{prefix}{k}": v for k, v in summarise_adherence(checks).items()}
 
 
-def _n2m_setup(n_prompts: int, seconds: float, batch_size: int) -> list:
-    """Validate the shared arguments; the test-split music clips ``0 … n_prompts − 1`` (16 kHz, ``seconds`` long)."""
+def _n2m_setup(n_prompts: int, seconds: float, batch_size: int, version: int = 1) -> list:
+    """Validate the shared arguments; the test-split music clips ``0 … n_prompts − 1`` (16 kHz, ``seconds`` long) of
+    music generator ``version``."""
     if isinstance(n_prompts, bool) or not isinstance(n_prompts, int) or n_prompts < 1:
         raise ValueError(f"n_prompts must be a positive int, got {n_prompts!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 1.0:
         raise ValueError(f"seconds must be a number >= 1 (the music generator's shortest clip), got {seconds!r}")
-    return list(music.generate_clips("test", n_prompts, float(seconds), 16_000))
+    return list(music.generate_clips("test", n_prompts, float(seconds), 16_000, version=version))
 
 
 def _n2m_pipeline(generator, cascader, text_encoder):
@@ -443,7 +446,7 @@ def _real_batch(part: list, pipe) -> torch.Tensor:
 @torch.no_grad()
 def measure_n2m_generator(model, n_prompts: int = 24, seconds: float = 4.0, steps: int | None = None,
                           cfg_scale: float | None = None, seed: int = 0, text_encoder=None,
-                          batch_size: int = 12, timing: bool = True) -> dict[str, float]:
+                          batch_size: int = 12, timing: bool = True, version: int = 1) -> dict[str, float]:
     """Noise2Music generator (a ``Noise2MusicStage``, a shipped name or a folder): prompt adherence of its
     low-rate (3.2 kHz) audio on fresh test-split music captions, read back by the music probes.
 
@@ -460,7 +463,7 @@ def measure_n2m_generator(model, n_prompts: int = 24, seconds: float = 4.0, step
     """
     import time
 
-    clips = _n2m_setup(n_prompts, seconds, batch_size)
+    clips = _n2m_setup(n_prompts, seconds, batch_size, version)
     pipe = _n2m_pipeline(model, None, text_encoder)
     rate = pipe.low_rate
     generated, real, elapsed = [], [], 0.0
@@ -470,7 +473,7 @@ def measure_n2m_generator(model, n_prompts: int = 24, seconds: float = 4.0, step
         generated.append(pipe.generate_low([c.caption for c in part], seconds, steps, cfg_scale, seed + b))
         elapsed += time.perf_counter() - t0
         real.append(pipe.to_low(_real_batch(part, pipe), 16_000))
-    probe = instrument_probe(float(seconds), rate)
+    probe = instrument_probe(float(seconds), rate, version)
     metrics = music_rates(torch.cat(generated), rate, clips, probe)
     metrics.update(music_rates(torch.cat(real), rate, clips, probe, "ceiling_"))
     if timing:
@@ -481,7 +484,8 @@ def measure_n2m_generator(model, n_prompts: int = 24, seconds: float = 4.0, step
 @torch.no_grad()
 def measure_n2m_cascader(model, n_prompts: int = 24, seconds: float = 2.0, steps: int | None = None,
                          cfg_scale: float | None = None, aug_level: float | None = None, seed: int = 0,
-                         text_encoder=None, batch_size: int = 12, timing: bool = True) -> dict[str, float]:
+                         text_encoder=None, batch_size: int = 12, timing: bool = True,
+                         version: int = 1) -> dict[str, float]:
     """Noise2Music cascader (a ``Noise2MusicStage``, name or folder) on real low-rate audio: how close its 16 kHz
     output comes to the real clip, and whether the probes still read the prompt from it.
 
@@ -503,7 +507,7 @@ def measure_n2m_cascader(model, n_prompts: int = 24, seconds: float = 2.0, steps
     from course_lib.metrics import log_mel_distance_db
     from course_lib.pipelines.noise2music import scale_to_peak
 
-    clips = _n2m_setup(n_prompts, seconds, batch_size)
+    clips = _n2m_setup(n_prompts, seconds, batch_size, version)
     pipe = _n2m_pipeline(None, model, text_encoder)
     rate, peak = pipe.sample_rate, pipe.cascader.config.peak
     outputs, reals, mel, input_mel, high_db, elapsed = [], [], [], [], [], 0.0
@@ -520,7 +524,7 @@ def measure_n2m_cascader(model, n_prompts: int = 24, seconds: float = 2.0, steps
         input_mel.append(log_mel_distance_db(resample(low, pipe.low_rate, rate)[..., :n], real[..., :n]))
         outputs.append(out)
         reals.append(real)
-    probe = instrument_probe(float(seconds), rate)
+    probe = instrument_probe(float(seconds), rate, version)
     metrics = music_rates(torch.cat(outputs), rate, clips, probe)
     metrics.update(music_rates(torch.cat(reals), rate, clips, probe, "ceiling_"))
     metrics["mel_db"] = round(float(torch.cat(mel).mean()), 3)
@@ -535,7 +539,8 @@ def measure_n2m_cascader(model, n_prompts: int = 24, seconds: float = 2.0, steps
 def measure_noise2music(generator, cascader, n_prompts: int = 24, seconds: float = 4.0, steps: int | None = None,
                         cfg_scale: float | None = None, casc_steps: int | None = None,
                         casc_cfg_scale: float | None = None, aug_level: float | None = None, seed: int = 0,
-                        text_encoder=None, batch_size: int = 12, through_cascader: bool = True) -> dict[str, float]:
+                        text_encoder=None, batch_size: int = 12, through_cascader: bool = True,
+                        version: int = 1) -> dict[str, float]:
     """The whole cascade: prompt adherence of the final 16 kHz music on fresh test-split music captions.
 
     The captions of test-split music clips ``0 … n_prompts − 1`` are generated ``seconds`` long by
@@ -554,7 +559,7 @@ def measure_noise2music(generator, cascader, n_prompts: int = 24, seconds: float
 
     from course_lib.pipelines.noise2music import scale_to_peak
 
-    clips = _n2m_setup(n_prompts, seconds, batch_size)
+    clips = _n2m_setup(n_prompts, seconds, batch_size, version)
     pipe = _n2m_pipeline(generator, cascader, text_encoder)
     lows, finals, reals, cascaded = [], [], [], []
     t_gen = t_casc = 0.0
@@ -573,9 +578,9 @@ def measure_noise2music(generator, cascader, n_prompts: int = 24, seconds: float
             cascaded.append(pipe.upsample(pipe.to_low(real, 16_000), captions, casc_steps, casc_cfg_scale, aug_level,
                                           seed + b))
     rate, low_rate = pipe.sample_rate, pipe.low_rate
-    probe = instrument_probe(float(seconds), rate)
+    probe = instrument_probe(float(seconds), rate, version)
     metrics = music_rates(torch.cat(finals), rate, clips, probe)
-    metrics.update(music_rates(torch.cat(lows), low_rate, clips, instrument_probe(float(seconds), low_rate), "low_"))
+    metrics.update(music_rates(torch.cat(lows), low_rate, clips, instrument_probe(float(seconds), low_rate, version), "low_"))
     metrics.update(music_rates(torch.cat(reals), rate, clips, probe, "ceiling_"))
     if through_cascader:
         metrics.update(music_rates(torch.cat(cascaded), rate, clips, probe, "cascade_ceiling_"))
