@@ -263,6 +263,16 @@ def test_course_and_paper_configs():
         with torch.device("meta"):
             sizes = [sum(p.numel() for p in mod.parameters()) for mod in (DiffsoundModel(a), AudioLM(b))]
         assert 4e6 < sizes[1] < sizes[0] < 7e6  # 5.94 M and 4.25 M: the diffusion decoder's timestep projections
+    if "mel_vqvae_v2" in pretrained.available():  # the v2 configs: the v2 tools, the same data and budget for both
+        from course_lib.pipelines.diffsound import DECODER_TOOLS
+
+        v2, ar_v2 = ds.load_config("v2"), ar.load_config("v2")
+        assert v2.data == ar_v2.data and v2.data.version == 2 and v2.train.max_steps == ar_v2.train.max_steps
+        assert v2.tokenizer.vqvae == ar_v2.tokenizer.vqvae == "pretrained:mel_vqvae_v2"
+        assert v2.model.codebook_size == ar_v2.model.codebook_size == 512
+        for name, config in (("diffsound_v2", v2), ("diffsound_ar_v2", ar_v2)):  # what from_pretrained pairs it with
+            assert DECODER_TOOLS[name] == (config.tokenizer.vqvae.removeprefix("pretrained:"),
+                                           config.conditioning.text_encoder)
 
 
 def test_condition_dropout_drops_the_configured_share_of_captions(vqvae_dir, monkeypatch):

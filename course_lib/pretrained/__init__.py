@@ -38,6 +38,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "diffsound_course": ("course_lib.diffusion.diffsound:DiffsoundModel",
                          "course_lib.pretrained.measures:measure_diffsound"),
     "diffsound_ar_course": ("course_lib.lm.model:AudioLM", "course_lib.pretrained.measures:measure_diffsound"),
+    "diffsound_v2": ("course_lib.diffusion.diffsound:DiffsoundModel", "course_lib.pretrained.measures:measure_diffsound"),
     "diffsound_ar_v2": ("course_lib.lm.model:AudioLM", "course_lib.pretrained.measures:measure_diffsound"),
     "n2m_generator_course": ("course_lib.pipelines.noise2music:Noise2MusicStage",
                              "course_lib.pretrained.measures:measure_n2m_generator"),
